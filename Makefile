@@ -1,0 +1,32 @@
+# The project's commands. Everything needed is installed by `make setup` (idempotent, fast when done).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= CodeGoat24/UnifiedReward-2.0-qwen3vl-2b
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Built artefacts (the tiny checkpoint, logs) stay in the work tree, ignored by git.
+export UNIFIEDREWARD_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: setup serve demo test test-unit clean
+
+setup:
+	@bash tools/setup_env.sh
+
+## serve MODEL (default: the real 2B model; MODEL=tiny for the test checkpoint) on HOST:PORT; ARGS= more vLLM flags
+serve: setup
+	$(PY) -m serving --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
+## start the tiny server, score one item per task through the client, print the verdicts, stop
+demo: setup
+	$(PY) examples/demo.py
+
+## unit tests, then end-to-end tests against the real vLLM server (started once per session)
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+clean:
+	rm -rf .cache results .pytest_cache

@@ -1,0 +1,108 @@
+"""The client's pure logic: item -> request body, completion -> Result. No I/O here, so the sync client
+(and later the async one) share it."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import openai
+
+from prompts import PromptsError, Task, Verdict, VerdictError, get_task
+
+from .errors import BadInputError, RequestFailedError, UnparseableVerdictError
+from .media import encode_image, is_url
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    image_format: str
+    quality: int
+    min_pixels: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scored item: the typed verdict, the model's raw text, token usage and timing."""
+
+    task: str
+    verdict: Verdict | None
+    text: str | None
+    usage: dict[str, int] = field(default_factory=dict)
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict.to_dict() if self.verdict else None
+        return d
+
+
+def resolve_task(task: str | Task) -> Task:
+    try:
+        return get_task(task)
+    except PromptsError as exc:
+        raise BadInputError(str(exc)) from None
+
+
+def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions) -> list[str]:
+    if task.media.kind != "image":
+        raise BadInputError(f"{task.name}: {task.media.kind} input is not supported by this client yet")
+    if isinstance(media, (str, bytes)) or not isinstance(media, Sequence):
+        media = [media]
+    if len(media) != task.media.count:
+        raise BadInputError(f"{task.name}: takes {task.media.count} image(s), got {len(media)}")
+    return [
+        m if is_url(m) else encode_image(m, image_format=options.image_format, quality=options.quality,
+                                         min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+        for m in media
+    ]
+
+
+def build_request(task: Task, urls: Sequence[str], fields: Mapping[str, str], *, model: str,
+                  constrained: bool = True, max_tokens: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: greedy, bounded, constrained where the task can be."""
+    try:
+        messages = task.messages(urls, **fields)
+    except PromptsError as exc:
+        raise BadInputError(str(exc)) from None
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens or task.max_tokens,
+        "temperature": 0.0,
+    }
+    if constrained and task.structured_outputs is not None:
+        request["extra_body"] = {"structured_outputs": task.structured_outputs}
+    return request
+
+
+def to_result(task: Task, completion: Any, started: float) -> Result:
+    """Parse a chat completion; an unparseable answer raises with the raw text attached."""
+    choice = completion.choices[0]
+    text = choice.message.content or ""
+    usage = {}
+    if completion.usage is not None:
+        usage = {"prompt_tokens": completion.usage.prompt_tokens,
+                 "completion_tokens": completion.usage.completion_tokens}
+    if choice.finish_reason == "length":
+        # A verdict cut short may still parse to the wrong number ('2.6' of '2.69'): never accept it.
+        raise UnparseableVerdictError(
+            f"{task.name}: the answer was cut at max_tokens ({len(text)} characters); raise max_tokens", text)
+    try:
+        verdict = task.parse(text)
+    except VerdictError as exc:
+        raise UnparseableVerdictError(str(exc), text) from None
+    return Result(task=task.name, verdict=verdict, text=text, usage=usage, latency_s=time.perf_counter() - started)
+
+
+def translate_openai_error(exc: openai.OpenAIError) -> RequestFailedError:
+    """One boundary where the openai package's errors become ours."""
+    if isinstance(exc, openai.APIStatusError):
+        detail = exc.message
+        return RequestFailedError(f"server answered {exc.status_code}: {detail}", status_code=exc.status_code)
+    if isinstance(exc, openai.APITimeoutError):
+        return RequestFailedError(f"request timed out: {exc}")
+    if isinstance(exc, openai.APIConnectionError):
+        return RequestFailedError(f"cannot reach the server: {exc}")
+    return RequestFailedError(f"request failed: {exc}")

