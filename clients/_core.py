@@ -45,23 +45,45 @@ def resolve_task(task: str | Task) -> Task:
         raise BadInputError(str(exc)) from None
 
 
-def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions) -> list[str]:
-    if task.media.kind != "image":
-        raise BadInputError(f"{task.name}: {task.media.kind} input is not supported by this client yet")
+CONSTRAINTS = ("auto", "verdict", "none")
+TOP_LOGPROBS = 20  # vLLM's default cap on top_logprobs
+
+
+def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions) -> list[Any]:
+    """Images -> data URLs. Videos: a URL passes through (video_url), a list of frames -> frame data URLs."""
     if isinstance(media, (str, bytes)) or not isinstance(media, Sequence):
         media = [media]
     if len(media) != task.media.count:
-        raise BadInputError(f"{task.name}: takes {task.media.count} image(s), got {len(media)}")
-    return [
-        m if is_url(m) else encode_image(m, image_format=options.image_format, quality=options.quality,
-                                         min_pixels=options.min_pixels, max_pixels=options.max_pixels)
-        for m in media
-    ]
+        raise BadInputError(f"{task.name}: takes {task.media.count} {task.media.kind}(s), got {len(media)}")
+
+    def image(item: Any) -> str:
+        if is_url(item):
+            return item
+        return encode_image(item, image_format=options.image_format, quality=options.quality,
+                            min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+
+    if task.media.kind == "image":
+        return [image(m) for m in media]
+    encoded: list[Any] = []
+    for video in media:
+        if is_url(video):
+            encoded.append(video)
+        elif isinstance(video, Sequence) and not isinstance(video, (str, bytes)):
+            encoded.append([image(frame) for frame in video])
+        else:
+            raise BadInputError(f"{task.name}: give each video as a URL or as a list of frames "
+                                f"({task.media.frames} per video in the authors' layout)")
+    return encoded
 
 
-def build_request(task: Task, urls: Sequence[str], fields: Mapping[str, str], *, model: str,
-                  constrained: bool = True, max_tokens: int | None = None) -> dict[str, Any]:
-    """Keyword arguments for `chat.completions.create`: greedy, bounded, constrained where the task can be."""
+def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *, model: str,
+                  constraint: str = "auto", logprobs: bool = False,
+                  max_tokens: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: greedy and bounded. `constraint`: "auto" (the task's
+    default: structured formats constrained, free reasoning not), "verdict" (always constrained; free
+    reasoning skipped) or "none". `logprobs`: ask for the top alternatives, for soft scores."""
+    if constraint not in CONSTRAINTS:
+        raise BadInputError(f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
     try:
         messages = task.messages(urls, **fields)
     except PromptsError as exc:
@@ -72,8 +94,11 @@ def build_request(task: Task, urls: Sequence[str], fields: Mapping[str, str], *,
         "max_tokens": max_tokens or task.max_tokens,
         "temperature": 0.0,
     }
-    if constrained and task.structured_outputs is not None:
-        request["extra_body"] = {"structured_outputs": task.structured_outputs}
+    structured = {"auto": task.structured_outputs, "verdict": task.verdict_constraint, "none": None}[constraint]
+    if structured is not None:
+        request["extra_body"] = {"structured_outputs": structured}
+    if logprobs:
+        request.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
     return request
 
 
@@ -90,7 +115,7 @@ def to_result(task: Task, completion: Any, started: float) -> Result:
         raise UnparseableVerdictError(
             f"{task.name}: the answer was cut at max_tokens ({len(text)} characters); raise max_tokens", text)
     try:
-        verdict = task.parse(text)
+        verdict = task.parse(text, choice.logprobs.content if choice.logprobs else None)
     except VerdictError as exc:
         raise UnparseableVerdictError(str(exc), text) from None
     return Result(task=task.name, verdict=verdict, text=text, usage=usage, latency_s=time.perf_counter() - started)

@@ -29,12 +29,17 @@ class RewardClient:
         self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels)
         self._openai = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
 
-    def score(self, task: str | Task, media: Sequence[Any], *, constrained: bool = True,
+    def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: bool = False,
               max_tokens: int | None = None, **fields: str) -> Result:
-        """Score one item. Raises BadInputError, RequestFailedError or UnparseableVerdictError."""
+        """Score one item. Raises BadInputError, RequestFailedError or UnparseableVerdictError.
+
+        media: images (paths, bytes, PIL images, HWC uint8 arrays or URLs); for video tasks, per video a URL
+        or a list of frames. constraint: "auto", "verdict" or "none" (see build_request). logprobs: soft
+        scores (p_first, expected_score) that then drive the reward."""
         spec = resolve_task(task)
         urls = encode_media(spec, media, self.encode_options)
-        request = build_request(spec, urls, fields, model=self.model, constrained=constrained, max_tokens=max_tokens)
+        request = build_request(spec, urls, fields, model=self.model, constraint=constraint,
+                                logprobs=logprobs, max_tokens=max_tokens)
         started = time.perf_counter()
         try:
             completion = self._openai.chat.completions.create(**request)

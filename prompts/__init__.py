@@ -4,10 +4,10 @@ Prompt texts are the authors' own (CodeGoat24/UnifiedReward, MIT); see prompts/t
 """
 from .errors import FieldError, MediaError, PromptsError, UnknownTaskError, VerdictError
 from .registry import TASKS, MediaLayout, Task, get_task
-from .verdicts import RankVerdict, ScoreVerdict, Verdict
+from .verdicts import FinalScoreVerdict, PairScoreVerdict, RankVerdict, ScoreVerdict, Verdict
 
 __all__ = [
     "TASKS", "Task", "MediaLayout", "get_task",
-    "Verdict", "RankVerdict", "ScoreVerdict",
+    "Verdict", "RankVerdict", "PairScoreVerdict", "ScoreVerdict", "FinalScoreVerdict",
     "PromptsError", "UnknownTaskError", "FieldError", "MediaError", "VerdictError",
 ]

@@ -1,22 +1,27 @@
 """Output formats: one parser per format, parameterised by the task's data file.
 
-Each format turns the model's text into a typed Verdict (or raises VerdictError naming the problem) and
-states the vLLM `structured_outputs` constraint that makes any model's output parse.
+Each format turns the model's text into a typed Verdict, or raises VerdictError naming the problem (never a
+default value), and states the vLLM `structured_outputs` constraint that makes any model's output parse.
+Formats with free reasoning before the verdict are unconstrained by default; their `verdict_constraint`
+(opt-in) makes the model state only the verdict.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from .errors import VerdictError
-from .verdicts import RankVerdict, ScoreVerdict, Verdict
+from .softscores import align, choice_probabilities, expected_digit
+from .verdicts import FinalScoreVerdict, PairScoreVerdict, RankVerdict, ScoreVerdict, Verdict
 
 # Markdown emphasis and headings that a model may wrap around a verdict.
 _MARKUP = re.compile(r"[*_`#]+")
 # A number as a model may write it, including the malformed ones we must reject rather than skip.
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
+DECIMALS = 4  # digits after the point that constraints allow
 
 
 def normalize(text: str) -> str:
@@ -24,8 +29,8 @@ def normalize(text: str) -> str:
     return _MARKUP.sub("", text)
 
 
-def _phrase_pattern(phrase: str) -> str:
-    """A case-insensitive pattern for a phrase: any run of white space matches any other."""
+def phrase_pattern(phrase: str) -> str:
+    """A pattern for a phrase in which any run of white space matches any other (use re.IGNORECASE)."""
     words = phrase.strip().rstrip(".").split()
     return r"\s+".join(re.escape(w) for w in words)
 
@@ -39,14 +44,21 @@ def snake_case(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-def number_in_range_regex(lo: int, hi: int, decimals: int = 4) -> str:
-    """A regex for decimals in [lo, hi] (integer bounds): the constraint a grammar can enforce."""
-    frac = rf"(?:\.[0-9]{{1,{decimals}}})?"
-    below = "|".join(str(i) for i in range(lo, hi))
-    return rf"(?:(?:{below}){frac}|{hi}(?:\.0{{1,{decimals}}})?)"
+def number_regex(lo: int, hi: int, integer: bool = False) -> str:
+    """A regex for numbers in [lo, hi] (integer bounds, at most DECIMALS decimals): what a grammar enforces."""
+    below = "|".join(str(i) for i in range(hi - 1, lo - 1, -1))  # longest first: 10 before 1
+    if integer:
+        return rf"(?:{hi}|{below})" if lo < hi else str(hi)
+    frac = rf"(?:\.[0-9]{{1,{DECIMALS}}})?"
+    return rf"(?:{hi}(?:\.0{{1,{DECIMALS}}})?|(?:{below}){frac})"
 
 
-def parse_number(raw: str, what: str, lo: float, hi: float) -> float:
+def number_chars(hi: int, integer: bool = False) -> int:
+    """The longest number number_regex admits."""
+    return len(str(hi)) if integer else len(str(max(hi - 1, 0))) + 1 + DECIMALS
+
+
+def parse_number(raw: str, what: str, lo: float, hi: float, integer: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -55,12 +67,20 @@ def parse_number(raw: str, what: str, lo: float, hi: float) -> float:
         raise VerdictError(f"{what}: {raw!r} is not a finite number")
     if not lo <= value <= hi:
         raise VerdictError(f"{what}: {value:g} is outside the range [{lo:g}, {hi:g}]")
+    if integer and value != int(value):
+        raise VerdictError(f"{what}: {value:g} is not a whole number")
     return value
 
 
-def _snippet(text: str, n: int = 120) -> str:
+def snippet(text: str, n: int = 120) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= n else "..." + flat[-n:]
+
+
+def last_labelled_number(text: str, label: str) -> re.Match[str] | None:
+    """The last '<label>: <number>' in the text (label matched loosely); group 1 is the number."""
+    matches = list(re.finditer(rf"{phrase_pattern(label)}\s*:\s*({NUMBER})", text, re.IGNORECASE))
+    return matches[-1] if matches else None
 
 
 class OutputFormat:
@@ -68,53 +88,123 @@ class OutputFormat:
 
     name: ClassVar[str]
     task: str
+    free_reasoning: bool = False
 
-    def parse(self, text: str) -> Verdict:
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> Verdict:
+        raise NotImplementedError
+
+    def verdict_constraint(self) -> dict[str, Any]:
+        """A `structured_outputs` constraint under which every answer parses."""
         raise NotImplementedError
 
     def structured_outputs(self) -> dict[str, Any] | None:
-        """vLLM's `structured_outputs` request field, or None where the format has free text."""
+        """The default constraint: none where the format reasons in free text before its verdict."""
+        return None if self.free_reasoning else self.verdict_constraint()
+
+    def max_verdict_chars(self) -> int:
+        """The longest answer the verdict constraint admits. Under a grammar a model may spend one token
+        per character, so a task's token budget must exceed this or a verdict can be cut short."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class ChoiceFormat(OutputFormat):
-    """One of a fixed set of phrases, each naming a winner (0 = tie). The last phrase stated counts."""
+    """One of a few phrases, each naming a winner (0 = tie). The last phrase stated counts.
+    reward: 1.0 if the first item wins, 0.0 if the second, 0.5 for a tie; p_first instead when known."""
 
     name: ClassVar[str] = "choice"
     task: str
     choices: tuple[tuple[str, int], ...]
+    free_reasoning: bool = False
 
     @classmethod
     def from_spec(cls, task: str, spec: Mapping[str, Any]) -> "ChoiceFormat":
         choices = tuple((c["text"], int(c["winner"])) for c in spec["choices"])
         if not choices or any(w not in (0, 1, 2) for _, w in choices):
             raise ValueError(f"{task}: choices need winners 0 (tie), 1 or 2")
-        return cls(task=task, choices=choices)
+        return cls(task=task, choices=choices, free_reasoning=bool(spec.get("free_reasoning", False)))
 
-    @property
-    def _pattern(self) -> re.Pattern[str]:
-        alternatives = "|".join(f"({_phrase_pattern(text)})" for text, _ in self.choices)
-        return re.compile(alternatives, re.IGNORECASE)
-
-    def parse(self, text: str) -> RankVerdict:
-        matches = list(self._pattern.finditer(normalize(text)))
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> RankVerdict:
+        pattern = "|".join(f"({phrase_pattern(phrase)})" for phrase, _ in self.choices)
+        plain = normalize(text)
+        matches = list(re.finditer(pattern, plain, re.IGNORECASE))
         if not matches:
             expected = " / ".join(repr(t) for t, _ in self.choices)
-            raise VerdictError(f"{self.task}: no verdict found (expected {expected}) in {_snippet(text)!r}")
+            raise VerdictError(f"{self.task}: no verdict found (expected {expected}) in {snippet(text)!r}")
         last = matches[-1]
         winner = self.choices[last.lastindex - 1][1]
-        if winner == 0:
-            return RankVerdict(task=self.task, reward=0.5, winner=None)
-        return RankVerdict(task=self.task, reward=1.0 if winner == 1 else 0.0, winner=winner)
+        reward = {1: 1.0, 2: 0.0, 0: 0.5}[winner]
+        p_first = None
+        tokens = align(text, logprobs) if plain == text else None  # offsets hold only for unmodified text
+        if tokens:
+            phrases = [(p.rstrip("."), w) for p, w in self.choices]
+            probs = choice_probabilities(text, tokens, phrases, last.start())
+            if probs:
+                p_first = probs.get(1, 0.0) + 0.5 * probs.get(0, 0.0)
+                reward = p_first
+        return RankVerdict(task=self.task, reward=reward, winner=winner or None, p_first=p_first)
 
-    def structured_outputs(self) -> dict[str, Any]:
+    def verdict_constraint(self) -> dict[str, Any]:
         return {"choice": [text for text, _ in self.choices]}
+
+    def max_verdict_chars(self) -> int:
+        return max(len(text) for text, _ in self.choices)
+
+
+@dataclass(frozen=True)
+class PairScoresFormat(OutputFormat):
+    """Per axis a header '<Axis> Score:' then '<Item> 1: x' and '<Item> 2: y', each in [0, 1], x + y = 1.
+    reward: the first item's share x / (x + y), averaged over the axes."""
+
+    name: ClassVar[str] = "pair_scores"
+    task: str
+    axes: tuple[str, ...]
+    item: str
+    sum_tolerance: float = 0.01
+
+    @classmethod
+    def from_spec(cls, task: str, spec: Mapping[str, Any]) -> "PairScoresFormat":
+        return cls(task=task, axes=tuple(spec["axes"]), item=spec["item"],
+                   sum_tolerance=float(spec.get("sum_tolerance", 0.01)))
+
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> PairScoreVerdict:
+        plain = normalize(text)
+        scores: dict[str, list[float]] = {}
+        missing = []
+        for axis in self.axes:
+            block = (rf"{phrase_pattern(axis + ' Score')}\s*:?[\s-]*"
+                     rf"{phrase_pattern(self.item + ' 1')}\s*:\s*({NUMBER})[\s,;-]*"
+                     rf"{phrase_pattern(self.item + ' 2')}\s*:\s*({NUMBER})")
+            found = re.findall(block, plain, re.IGNORECASE)
+            if not found:
+                missing.append(f"{axis} Score")
+                continue
+            what = f"{self.task}: {axis} Score"
+            pair = [parse_number(raw, f"{what}, {self.item} {i}", 0.0, 1.0) for i, raw in enumerate(found[-1], 1)]
+            if abs(sum(pair) - 1.0) > self.sum_tolerance:
+                raise VerdictError(f"{what}: {pair[0]:g} + {pair[1]:g} = {sum(pair):g}, not 1 "
+                                   f"(tolerance {self.sum_tolerance:g})")
+            scores[snake_case(axis)] = pair
+        if missing:
+            raise VerdictError(f"{self.task}: missing {', '.join(repr(m) for m in missing)} in {snippet(text)!r}")
+        reward = sum(a / (a + b) for a, b in scores.values()) / len(scores)
+        return PairScoreVerdict(task=self.task, reward=reward, scores=scores)
+
+    def verdict_constraint(self) -> dict[str, Any]:
+        number = number_regex(0, 1)
+        blocks = [rf"{regex_literal(axis)} Score:\n {self.item} 1: {number}\n {self.item} 2: {number}"
+                  for axis in self.axes]
+        return {"regex": r"\n\n".join(blocks)}
+
+    def max_verdict_chars(self) -> int:
+        block = len(f"X Score:\n {self.item} 1: \n {self.item} 2: ") - 1 + 2 * number_chars(1)
+        return sum(block + len(axis) for axis in self.axes) + 2 * (len(self.axes) - 1)
 
 
 @dataclass(frozen=True)
 class AxisScoresFormat(OutputFormat):
-    """One line per axis, '<label>: <number>' with the number in a closed range; reward = mean normalised score."""
+    """One line per axis, '<label>: <number>' in a closed range, optionally after a JSON-like
+    'Word-wise Scores: [["word", s], ...]' list. reward: the mean axis score mapped to [0, 1]."""
 
     name: ClassVar[str] = "axis_scores"
     task: str
@@ -122,37 +212,172 @@ class AxisScoresFormat(OutputFormat):
     label: str
     lo: int
     hi: int
+    word_scores: bool = False
+
+    WORDS_LABEL: ClassVar[str] = "Word-wise Scores"
+    # The word-wise constraint admits up to MAX_WORDS entries of up to WORD_CHARS characters each.
+    MAX_WORDS: ClassVar[int] = 32
+    WORD_CHARS: ClassVar[int] = 24
 
     @classmethod
     def from_spec(cls, task: str, spec: Mapping[str, Any]) -> "AxisScoresFormat":
         lo, hi = spec["range"]
-        return cls(task=task, axes=tuple(spec["axes"]), label=spec["label"], lo=int(lo), hi=int(hi))
+        return cls(task=task, axes=tuple(spec["axes"]), label=spec["label"], lo=int(lo), hi=int(hi),
+                   word_scores=bool(spec.get("word_scores", False)))
 
-    def parse(self, text: str) -> ScoreVerdict:
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> ScoreVerdict:
         plain = normalize(text)
         scores: dict[str, float] = {}
         missing = []
         for axis in self.axes:
             label = self.label.format(axis=axis)
-            found = re.findall(rf"{_phrase_pattern(label)}\s*:\s*({_NUMBER})", plain, re.IGNORECASE)
-            if not found:
+            found = last_labelled_number(plain, label)
+            if found is None:
                 missing.append(label)
                 continue
-            scores[snake_case(axis)] = parse_number(found[-1], f"{self.task}: {label}", self.lo, self.hi)
+            scores[snake_case(axis)] = parse_number(found.group(1), f"{self.task}: {label}", self.lo, self.hi)
+        words = self._parse_words(text) if self.word_scores else None
         if missing:
-            raise VerdictError(f"{self.task}: missing {', '.join(repr(m) for m in missing)} in {_snippet(text)!r}")
+            raise VerdictError(f"{self.task}: missing {', '.join(repr(m) for m in missing)} in {snippet(text)!r}")
         span = self.hi - self.lo
         reward = sum((v - self.lo) / span for v in scores.values()) / len(scores)
-        return ScoreVerdict(task=self.task, reward=reward, scores=scores)
+        return ScoreVerdict(task=self.task, reward=reward, scores=scores, word_scores=words)
 
-    def structured_outputs(self) -> dict[str, Any]:
-        number = number_in_range_regex(self.lo, self.hi)
+    def _parse_words(self, text: str) -> list[list[Any]]:
+        """The word-wise list; every score finite (the prompt sets no range: higher = less well shown)."""
+        found = list(re.finditer(rf"{phrase_pattern(self.WORDS_LABEL)}\s*:\s*(\[.*?\]\s*\])", text,
+                                 re.IGNORECASE | re.DOTALL))
+        if not found:
+            raise VerdictError(f"{self.task}: missing '{self.WORDS_LABEL}: [[\"word\", score], ...]' "
+                               f"in {snippet(text)!r}")
+        raw = found[-1].group(1)
+        try:
+            pairs = json.loads(raw)
+        except json.JSONDecodeError:
+            raise VerdictError(f"{self.task}: {self.WORDS_LABEL} is not a valid list: {snippet(raw, 80)!r}") from None
+        words = []
+        for pair in pairs:
+            if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str)
+                    or isinstance(pair[1], bool) or not isinstance(pair[1], (int, float))):
+                raise VerdictError(f"{self.task}: {self.WORDS_LABEL} entry {pair!r} is not [\"word\", score]")
+            if not math.isfinite(pair[1]):
+                raise VerdictError(f"{self.task}: {self.WORDS_LABEL} score of {pair[0]!r} is not finite")
+            words.append([pair[0], float(pair[1])])
+        return words
+
+    def verdict_constraint(self) -> dict[str, Any]:
+        number = number_regex(self.lo, self.hi)
         lines = [regex_literal(self.label.format(axis=a)) + ": " + number for a in self.axes]
+        axes = r"\n".join(lines)
+        if not self.word_scores:
+            return {"regex": axes}
+        entry = r'\["[^"\\\n]{1,%d}", [0-9](?:\.[0-9]{1,%d})?\]' % (self.WORD_CHARS, DECIMALS)
+        words = rf"{regex_literal(self.WORDS_LABEL)}: \[{entry}(?:, {entry}){{0,{self.MAX_WORDS - 1}}}\]"
+        return {"regex": words + r"\n\n" + axes}
+
+    def max_verdict_chars(self) -> int:
+        axes = sum(len(self.label.format(axis=a)) + 2 + number_chars(self.hi) for a in self.axes) + len(self.axes) - 1
+        if not self.word_scores:
+            return axes
+        entry = len('["", ]') + self.WORD_CHARS + 1 + 1 + DECIMALS
+        words = len(self.WORDS_LABEL) + len(": []") + self.MAX_WORDS * entry + (self.MAX_WORDS - 1) * 2
+        return words + 2 + axes
+
+
+@dataclass(frozen=True)
+class FinalScoreFormat(OutputFormat):
+    """'Final Score: X' in a range, after free reasoning, sub-score lines or element lines as the task says.
+    reward: (final - lo) / (hi - lo); the expected score instead when logprobs give it."""
+
+    name: ClassVar[str] = "final_score"
+    task: str
+    lo: int
+    hi: int
+    integer: bool = False
+    subscores: tuple[str, ...] = ()
+    sub_range: tuple[int, int] = (1, 5)
+    elements: bool = False
+    free_reasoning: bool = False
+
+    LABEL: ClassVar[str] = "Final Score"
+    # The element constraint admits up to MAX_ELEMENTS lines 'element (type): 0|1' of bounded length.
+    MAX_ELEMENTS: ClassVar[int] = 10
+    ELEMENT_CHARS: ClassVar[int] = 40
+    TYPE_CHARS: ClassVar[int] = 20
+
+    @classmethod
+    def from_spec(cls, task: str, spec: Mapping[str, Any]) -> "FinalScoreFormat":
+        lo, hi = spec["range"]
+        return cls(task=task, lo=int(lo), hi=int(hi), integer=bool(spec.get("integer", False)),
+                   subscores=tuple(spec.get("subscores", ())), sub_range=tuple(spec.get("sub_range", (1, 5))),
+                   elements=bool(spec.get("elements", False)), free_reasoning=bool(spec.get("free_reasoning", False)))
+
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> FinalScoreVerdict:
+        plain = normalize(text)
+        final = last_labelled_number(plain, self.LABEL)
+        if final is None:
+            raise VerdictError(f"{self.task}: no '{self.LABEL}: X' found in {snippet(text)!r}")
+        value = parse_number(final.group(1), f"{self.task}: {self.LABEL}", self.lo, self.hi, self.integer)
+        scores = self._parse_subscores(plain[:final.start()]) if self.subscores else None
+        elements = self._parse_elements(plain[:final.start()]) if self.elements else None
+        expected = None
+        if logprobs is not None and plain == text and self.hi <= 9 and final.group(1).isdigit():
+            tokens = align(text, logprobs)
+            if tokens:
+                expected = expected_digit(tokens, final.start(1), self.lo, self.hi)
+        reward = ((expected if expected is not None else value) - self.lo) / (self.hi - self.lo)
+        return FinalScoreVerdict(task=self.task, reward=reward, final_score=value, scores=scores,
+                                 elements=elements, expected_score=expected)
+
+    def _parse_subscores(self, text: str) -> dict[str, float]:
+        lo, hi = self.sub_range
+        scores, missing = {}, []
+        for label in self.subscores:
+            found = last_labelled_number(text, label)
+            if found is None:
+                missing.append(label)
+                continue
+            scores[snake_case(label)] = parse_number(found.group(1), f"{self.task}: {label}", lo, hi, self.integer)
+        if missing:
+            raise VerdictError(f"{self.task}: missing {', '.join(repr(m) for m in missing)} in {snippet(text)!r}")
+        return scores
+
+    def _parse_elements(self, text: str) -> list[dict[str, Any]]:
+        """Lines 'element (type): 0|1' before the final score."""
+        elements = []
+        for m in re.finditer(rf"^[ \t]*(?:[-*]|\d+\.)?[ \t]*(.+?)[ \t]*\(([^()\n]+)\)[ \t]*:[ \t]*({NUMBER})[ \t]*$",
+                             text, re.MULTILINE | re.IGNORECASE):
+            name, kind, raw = m.group(1).strip(), m.group(2).strip(), m.group(3)
+            value = parse_number(raw, f"{self.task}: element {name!r}", 0, 1, integer=True)
+            elements.append({"element": name, "type": kind, "value": int(value)})
+        return elements
+
+    def _final_line(self) -> str:
+        return f"{self.LABEL}: {number_regex(self.lo, self.hi, integer=True)}"
+
+    def verdict_constraint(self) -> dict[str, Any]:
+        lines = []
+        if self.subscores:
+            lo, hi = self.sub_range
+            lines += [regex_literal(s) + ": " + number_regex(lo, hi, integer=True) for s in self.subscores]
+        if self.elements:
+            element = (rf"[A-Za-z0-9][^\n():]{{0,{self.ELEMENT_CHARS - 1}}} "
+                       rf"\([A-Za-z ]{{1,{self.TYPE_CHARS}}}\): [01]")
+            lines.append(rf"{element}(?:\n{element}){{0,{self.MAX_ELEMENTS - 1}}}")
+        lines.append(self._final_line())
         return {"regex": r"\n".join(lines)}
+
+    def max_verdict_chars(self) -> int:
+        lines = [len(self.LABEL) + 2 + number_chars(self.hi, integer=True)]
+        if self.subscores:
+            lines += [len(s) + 2 + number_chars(self.sub_range[1], integer=True) for s in self.subscores]
+        if self.elements:
+            lines += [self.ELEMENT_CHARS + len(" (): 1") + self.TYPE_CHARS] * self.MAX_ELEMENTS
+        return sum(lines) + len(lines) - 1
 
 
 FORMATS: dict[str, Callable[[str, Mapping[str, Any]], OutputFormat]] = {
-    f.name: f.from_spec for f in (ChoiceFormat, AxisScoresFormat)
+    f.name: f.from_spec for f in (ChoiceFormat, PairScoresFormat, AxisScoresFormat, FinalScoreFormat)
 }
 
 

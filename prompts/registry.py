@@ -6,21 +6,24 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 from .errors import FieldError, MediaError, UnknownTaskError
 from .formats import OutputFormat, build_format
 from .verdicts import Verdict
 
 MEDIA_KINDS = ("image", "video")
+MediaItem = Union[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
 class MediaLayout:
-    """What the task shows the model: `count` items of `kind`, placed before the text."""
+    """What the task shows the model: `count` items of `kind`, placed before the text. A video goes either
+    as one `video_url` part or as its frames, `frames` image parts per video (the authors' vLLM layout)."""
 
     kind: str
     count: int
+    frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,32 +54,55 @@ class Task:
                 raise FieldError(f"{self.name}: field {key!r} must be a string, not {type(value).__name__}")
         return self.template.format(**fields)
 
-    def media_part(self, item: str | Mapping[str, Any]) -> dict[str, Any]:
-        """An OpenAI content part for one media item: a URL (data:, http(s):) or a ready content part."""
+    def _part(self, item: MediaItem, kind: str) -> dict[str, Any]:
         if isinstance(item, Mapping):
             return dict(item)
         if not isinstance(item, str):
             raise MediaError(f"{self.name}: a media item must be a URL string or a content part, "
                              f"not {type(item).__name__}")
-        key = f"{self.media.kind}_url"
+        key = f"{kind}_url"
         return {"type": key, key: {"url": item}}
 
-    def messages(self, media: Sequence[str | Mapping[str, Any]], **fields: str) -> list[dict[str, Any]]:
-        """OpenAI chat messages in the trained layout: one user turn, the media parts first, then the text."""
-        if isinstance(media, (str, bytes)) or len(media) != self.media.count:
-            got = 1 if isinstance(media, (str, bytes)) else len(media)
+    def media_parts(self, media: Sequence[MediaItem | Sequence[MediaItem]]) -> list[dict[str, Any]]:
+        """OpenAI content parts for the task's media, in order. Images: URLs (data:, http(s):) or ready parts.
+        Videos: a URL each (one video_url part), or a list of frame URLs each (image parts, Video 1 first)."""
+        if isinstance(media, (str, bytes, Mapping)) or len(media) != self.media.count:
+            got = 1 if isinstance(media, (str, bytes, Mapping)) else len(media)
             raise MediaError(f"{self.name}: takes {self.media.count} {self.media.kind}(s), got {got}")
-        content = [self.media_part(m) for m in media]
+        parts = []
+        for item in media:
+            if self.media.kind == "video" and not isinstance(item, (str, Mapping)):
+                if not item:
+                    raise MediaError(f"{self.name}: a video given as frames needs at least one frame")
+                parts += [self._part(frame, "image") for frame in item]
+            else:
+                parts.append(self._part(item, self.media.kind))
+        return parts
+
+    def messages(self, media: Sequence[MediaItem | Sequence[MediaItem]], **fields: str) -> list[dict[str, Any]]:
+        """OpenAI chat messages in the trained layout: one user turn, the media parts first, then the text."""
+        content = self.media_parts(media)
         content.append({"type": "text", "text": self.render(**fields)})
         return [{"role": "user", "content": content}]
 
-    def parse(self, text: str) -> Verdict:
-        return self.output.parse(text)
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> Verdict:
+        """The typed verdict, or VerdictError. `logprobs`: the response's `logprobs.content` (for soft scores)."""
+        return self.output.parse(text, logprobs)
+
+    @property
+    def free_reasoning(self) -> bool:
+        """True when the format reasons in free text before the verdict (then unconstrained by default)."""
+        return self.output.free_reasoning
 
     @property
     def structured_outputs(self) -> dict[str, Any] | None:
-        """The decoding constraint for vLLM's `structured_outputs` request field (None: free text)."""
+        """The default decoding constraint for vLLM's `structured_outputs` field (None: free reasoning)."""
         return self.output.structured_outputs()
+
+    @property
+    def verdict_constraint(self) -> dict[str, Any]:
+        """A constraint under which any answer parses; for free-reasoning tasks it skips the reasoning."""
+        return self.output.verdict_constraint()
 
 
 def _load(text: str, origin: str) -> Task:
@@ -86,7 +112,8 @@ def _load(text: str, origin: str) -> Task:
     placeholders = {f for _, f, _, _ in string.Formatter().parse(data["template"]) if f}
     if placeholders != set(fields):
         raise ValueError(f"{origin}: template fields {sorted(placeholders)} differ from declared {list(fields)}")
-    media = MediaLayout(kind=data["media"]["kind"], count=int(data["media"]["count"]))
+    media = MediaLayout(kind=data["media"]["kind"], count=int(data["media"]["count"]),
+                        frames=data["media"].get("frames"))
     if media.kind not in MEDIA_KINDS or media.count < 1:
         raise ValueError(f"{origin}: bad media layout {media}")
     return Task(

@@ -1,8 +1,13 @@
-"""Typed verdicts: what a training loop reads. `reward` is always a float in [0, 1], higher = first item better."""
+"""Typed verdicts: what a training loop reads.
+
+Every verdict has `task` and `reward`, a float in [0, 1] where higher means the first (or only) item is
+better; each task file documents its mapping. Optional soft scores (`p_first`, `expected_score`) are present
+only when the request asked for logprobs, and then they drive `reward`.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -10,19 +15,63 @@ class Verdict:
     task: str
     reward: float
 
+    # Fields left out of to_dict() when None (a None winner, a tie, is kept).
+    _optional: ClassVar[frozenset[str]] = frozenset()
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in self._optional:
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
 class RankVerdict(Verdict):
-    """A pairwise choice. `winner` is 1 or 2, or None for a tie (only where the task allows ties)."""
+    """A pairwise choice. `winner` is 1 or 2, or None for a tie (only where the task allows ties).
+    `p_first`: P(first item wins), a tie counting half, from the verdict tokens' logprobs."""
 
     winner: int | None
+    p_first: float | None = None
+
+    _optional: ClassVar[frozenset[str]] = frozenset({"p_first"})
+
+
+@dataclass(frozen=True)
+class PairScoreVerdict(Verdict):
+    """Relative scores per axis: {"alignment": [x1, x2], ...}, each pair summing to about 1."""
+
+    scores: dict[str, list[float]]
 
 
 @dataclass(frozen=True)
 class ScoreVerdict(Verdict):
-    """Per-axis scores of one item, keyed by snake_case axis name."""
+    """Per-axis scores of one item, keyed by snake_case axis name; `word_scores` for the word-wise task."""
 
     scores: dict[str, float]
+    word_scores: list[list[Any]] | None = None
+
+    _optional: ClassVar[frozenset[str]] = frozenset({"word_scores"})
+
+
+@dataclass(frozen=True)
+class FinalScoreVerdict(Verdict):
+    """A 'Final Score: X' verdict, with sub-scores and element lines where the format has them.
+    `expected_score`: the probability-weighted final score from the score token's logprobs."""
+
+    final_score: float
+    scores: dict[str, float] | None = None
+    elements: list[dict[str, Any]] | None = None
+    expected_score: float | None = None
+
+    _optional: ClassVar[frozenset[str]] = frozenset({"scores", "elements", "expected_score"})

@@ -3,31 +3,19 @@ from __future__ import annotations
 
 import base64
 import io
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 import requests
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from clients import BadInputError, RewardClient
 from prompts import RankVerdict, ScoreVerdict, get_task
+from tests.helpers import picture
 
 CAPTION = "a red circle above a blue square"
-
-
-def picture(seed: int, size: int = 512) -> Image.Image:
-    """A distinct synthetic picture per seed (distinct images never share a prefix-cache entry)."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x, y = rng.randrange(size), rng.randrange(size)
-        draw.ellipse((x, y, x + rng.randrange(20, 200), y + rng.randrange(20, 200)),
-                     fill=tuple(rng.randrange(256) for _ in range(3)))
-    return image
 
 
 def jpeg_b64(image: Image.Image) -> str:
