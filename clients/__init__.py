@@ -1,12 +1,15 @@
 """A thin client for UnifiedReward served by vLLM: builds the authors' prompts with media, sends them
-through the `openai` package, and returns typed verdicts and rewards."""
-from ._core import Result
+through the `openai` package with bounded concurrency across one or more endpoints, and returns typed
+verdicts and rewards. `AsyncRewardClient` is the core; `RewardClient` its synchronous twin."""
+from ._async import AsyncRewardClient
+from ._core import Item, Result
 from .client import RewardClient
-from .errors import BadInputError, RequestFailedError, RewardError, UnparseableVerdictError
-from .media import encode_image, smart_resize
+from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError, UnparseableVerdictError
+from .groups import GroupResult
+from .media import encode_image, smart_resize, video_frames
 
 __all__ = [
-    "RewardClient", "Result",
-    "RewardError", "BadInputError", "RequestFailedError", "UnparseableVerdictError",
-    "encode_image", "smart_resize",
+    "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult",
+    "RewardError", "BadInputError", "RequestFailedError", "DeadlineExceededError", "UnparseableVerdictError",
+    "encode_image", "smart_resize", "video_frames",
 ]

@@ -3,8 +3,27 @@
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "UnifiedReward"  # the served model name the authors' clients send
 DEFAULT_API_KEY = "EMPTY"  # vLLM needs no key unless started with --api-key
-DEFAULT_TIMEOUT_S = 120.0
-DEFAULT_MAX_RETRIES = 2
+
+# Time and retries. A request is retried only on failures that may pass: connection errors, timeouts,
+# 408, 409, 429 and 5xx; never on a 4xx that names the input.
+DEFAULT_TIMEOUT_S = 120.0  # per request (one attempt)
+DEFAULT_MAX_RETRIES = 3
+RETRY_BACKOFF_BASE_S = 0.25  # jittered exponential backoff: base * 2**attempt * U(0.5, 1), capped
+RETRY_BACKOFF_MAX_S = 8.0
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Answers that say the endpoint itself is unwell (not the request): skip it for a cool-down.
+ENDPOINT_DOWN_STATUS = frozenset({502, 503, 504})
+
+# Batches: requests in flight at once. vLLM batches them continuously on the server; 64 keeps a 2B model
+# busy on one GPU without queueing far ahead of it.
+DEFAULT_CONCURRENCY = 64
+# Pooled HTTP connections shared by all endpoints of one client.
+MAX_CONNECTIONS = 512
+
+# Endpoints: a failing endpoint is skipped for a cool-down, then probed on /health before taking traffic.
+ENDPOINT_COOLDOWN_S = 1.0
+ENDPOINT_COOLDOWN_MAX_S = 30.0
+HEALTH_TIMEOUT_S = 2.0
 
 # Images are resized on the client to the size the server would pick anyway (Qwen3-VL: 32-pixel grid,
 # 65536..262144 pixels, the authors' training cap), so no bytes are sent that the server throws away.

@@ -1,54 +1,76 @@
-"""The synchronous reward client on the `openai` package."""
+"""The synchronous twin of AsyncRewardClient: same constructor, same method names, same results.
+
+It owns one event loop on a private daemon thread and runs the async core there, so it also works where a
+loop is already running (Jupyter) and keeps one pooled connection set across calls.
+"""
 from __future__ import annotations
 
-import time
-from typing import Any, Sequence
-
-import openai
+import asyncio
+import threading
+from typing import Any, Coroutine, Iterable, Sequence, TypeVar
 
 from prompts import Task
 
-from ._constants import (DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY,
-                         DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, MAX_PIXELS, MIN_PIXELS)
-from ._core import EncodeOptions, Result, build_request, encode_media, resolve_task, to_result, translate_openai_error
+from ._async import AsyncRewardClient, ItemLike, Progress
+from ._constants import DEFAULT_CONCURRENCY
+from ._core import Result
+from .groups import GroupResult
+
+T = TypeVar("T")
 
 
 class RewardClient:
-    """Score items with UnifiedReward served by vLLM.
+    """Score items with UnifiedReward served by vLLM (blocking calls).
 
-    >>> client = RewardClient("http://127.0.0.1:8000/v1")
-    >>> client.score("image_gen.pair_rank", [img1, img2], caption="a red cat").verdict.reward
+    >>> with RewardClient("http://127.0.0.1:8000/v1") as client:
+    ...     result = client.score("image_gen.pair_rank", ["a.png", "b.png"], caption="a red cat")
+    ...     result.reward          # 1.0, 0.0 or 0.5; raises the item's error if it failed
     """
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str = DEFAULT_API_KEY,
-                 model: str = DEFAULT_MODEL, timeout: float = DEFAULT_TIMEOUT_S,
-                 max_retries: int = DEFAULT_MAX_RETRIES, image_format: str = DEFAULT_IMAGE_FORMAT,
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS) -> None:
-        self.model = model
-        self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels)
-        self._openai = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+    def __init__(self, base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1", **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="RewardClient-loop", daemon=True)
+        self._thread.start()
+        self._async = self._run(self._make(base_url, options))
+
+    @staticmethod
+    async def _make(base_url: str | Sequence[str], options: dict[str, Any]) -> AsyncRewardClient:
+        return AsyncRewardClient(base_url, **options)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def model(self) -> str:
+        return self._async.model
 
     def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: bool = False,
-              max_tokens: int | None = None, **fields: str) -> Result:
-        """Score one item. Raises BadInputError, RequestFailedError or UnparseableVerdictError.
+              debias: bool = False, max_tokens: int | None = None, **fields: str) -> Result:
+        """See AsyncRewardClient.score."""
+        return self._run(self._async.score(task, media, constraint=constraint, logprobs=logprobs, debias=debias,
+                                           max_tokens=max_tokens, **fields))
 
-        media: images (paths, bytes, PIL images, HWC uint8 arrays or URLs); for video tasks, per video a URL
-        or a list of frames. constraint: "auto", "verdict" or "none" (see build_request). logprobs: soft
-        scores (p_first, expected_score) that then drive the reward."""
-        spec = resolve_task(task)
-        urls = encode_media(spec, media, self.encode_options)
-        request = build_request(spec, urls, fields, model=self.model, constraint=constraint,
-                                logprobs=logprobs, max_tokens=max_tokens)
-        started = time.perf_counter()
-        try:
-            completion = self._openai.chat.completions.create(**request)
-        except openai.OpenAIError as exc:
-            raise translate_openai_error(exc) from exc
-        return to_result(spec, completion, started)
+    def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
+                    deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
+                    debias: bool = False, max_tokens: int | None = None, progress: Progress = False) -> list[Result]:
+        """See AsyncRewardClient.score_batch."""
+        return self._run(self._async.score_batch(
+            items, concurrency=concurrency, deadline_s=deadline_s, constraint=constraint, logprobs=logprobs,
+            debias=debias, max_tokens=max_tokens, progress=progress))
+
+    def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
+                   logprobs: bool = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:
+        """See AsyncRewardClient.rank_group."""
+        return self._run(self._async.rank_group(task, media, pairs=pairs, debias=debias, logprobs=logprobs,
+                                                concurrency=concurrency, **fields))
 
     def close(self) -> None:
-        self._openai.close()
+        if self._loop.is_closed():
+            return
+        self._run(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
 
     def __enter__(self) -> "RewardClient":
         return self

@@ -1,4 +1,11 @@
-"""The client's errors: catch `RewardError` for all of them, without knowing openai or httpx internals."""
+"""The client's errors: catch `RewardError` for all of them, without knowing openai or httpx internals.
+
+    RewardError
+    ├── BadInputError           the item cannot be sent (unknown task, fields, unreadable media, count)
+    ├── RequestFailedError      the server was unreachable or answered an error, after retries
+    │   └── DeadlineExceededError   the batch's overall deadline passed first
+    └── UnparseableVerdictError the server answered, but the text holds no valid verdict (also a VerdictError)
+"""
 from __future__ import annotations
 
 from prompts import VerdictError
@@ -15,9 +22,15 @@ class BadInputError(RewardError, ValueError):
 class RequestFailedError(RewardError):
     """The server could not be reached or answered with an error (after retries)."""
 
-    def __init__(self, message: str, status_code: int | None = None):
+    def __init__(self, message: str, status_code: int | None = None, retryable: bool = False):
         super().__init__(message)
         self.status_code = status_code
+        self.retryable = retryable
+        self.attempts = 0  # requests made, set by the client
+
+
+class DeadlineExceededError(RequestFailedError):
+    """The overall deadline of a batch passed before this item was scored."""
 
 
 class UnparseableVerdictError(RewardError, VerdictError):

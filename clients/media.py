@@ -41,6 +41,18 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
     return h_bar, w_bar
 
 
+def _source(item: object, kind: str) -> tuple[io.BytesIO | Path, str]:
+    """Bytes or a file path as something to open, and how to name it in an error."""
+    if isinstance(item, (bytes, bytearray)):
+        return io.BytesIO(item), f"{len(item)} bytes"
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        if not path.is_file():
+            raise BadInputError(f"{kind} file not found: {path}")
+        return path, str(path)
+    raise BadInputError(f"unsupported {kind} input of type {type(item).__name__}")
+
+
 def load_image(item: ImageInput) -> Image.Image:
     """A PIL image from a path, bytes, a PIL image or an HWC uint8 array; BadInputError names the problem."""
     if isinstance(item, Image.Image):
@@ -50,15 +62,7 @@ def load_image(item: ImageInput) -> Image.Image:
             raise BadInputError(f"an image array must be HxW or HxWxC (C in 1, 3, 4) uint8, "
                                 f"got shape {item.shape} dtype {item.dtype}")
         return Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[2] == 1 else item)
-    if isinstance(item, (bytes, bytearray)):
-        source, what = io.BytesIO(item), f"{len(item)} bytes"
-    elif isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if not path.is_file():
-            raise BadInputError(f"image file not found: {path}")
-        source, what = path, str(path)
-    else:
-        raise BadInputError(f"unsupported image input of type {type(item).__name__}")
+    source, what = _source(item, "image")
     try:
         image = Image.open(source)
         image.load()  # decode now: a truncated or corrupt file fails here, not on the server
@@ -92,3 +96,68 @@ def encode_image(item: ImageInput, *, image_format: str = DEFAULT_IMAGE_FORMAT,
     else:
         raise BadInputError(f"image_format must be JPEG or PNG, not {image_format!r}")
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+VideoInput = Union[str, os.PathLike, bytes]
+
+
+def _open_video(item: VideoInput):
+    import av  # PyAV: a declared dependency, imported on first video only
+
+    source, what = _source(item, "video")
+    try:
+        return av.open(source if isinstance(source, io.BytesIO) else str(source)), what
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadInputError(f"cannot open video ({what}): {exc}") from None
+
+
+def _evenly_spaced(total: int, count: int) -> list[int]:
+    last = total - 1
+    return [round(i * last / (count - 1)) for i in range(count)] if count > 1 else [last // 2]
+
+
+def video_frames(item: VideoInput, count: int) -> list[Image.Image]:
+    """`count` evenly spaced frames of a video, first to last, decoded with PyAV. Only the picked frames
+    are converted and kept, so a long video costs time, not memory."""
+    import av
+
+    def decode(total: int | None) -> tuple[int, dict[int, Image.Image]]:
+        container, what = _open_video(item)
+        wanted = set(_evenly_spaced(total, count)) if total else set()
+        kept: dict[int, Image.Image] = {}
+        n = 0
+        try:
+            with container:
+                if not container.streams.video:
+                    raise BadInputError(f"no video stream in {what}")
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for n, frame in enumerate(container.decode(stream), 1):
+                    if n - 1 in wanted:
+                        kept[n - 1] = frame.to_image()
+        except av.FFmpegError as exc:
+            raise BadInputError(f"cannot decode video ({what}): {exc}") from None
+        if n == 0:
+            raise BadInputError(f"no frames could be decoded from {what}")
+        return n, kept
+
+    container, _ = _open_video(item)
+    with container:
+        declared = container.streams.video[0].frames if container.streams.video else 0
+    total, kept = decode(declared or None)
+    picks = _evenly_spaced(total, count)
+    if not all(i in kept for i in picks):  # the header's frame count was missing or wrong: pick again
+        _, kept = decode(total)
+    return [kept[i] for i in picks]
+
+
+def encode_video_url(item: VideoInput) -> str:
+    """The video file itself as a data URL (for a server that samples frames itself)."""
+    if is_url(item):
+        return item  # type: ignore[return-value]
+    container, what = _open_video(item)  # refuse what cannot be opened before sending it
+    with container:
+        fmt = (container.format.name or "mp4").split(",")[0]
+    data = item if isinstance(item, (bytes, bytearray)) else Path(item).read_bytes()
+    mime = "video/mp4" if fmt in ("mov", "mp4", "m4a", "3gp", "3g2", "mj2") else f"video/{fmt}"
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")

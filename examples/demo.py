@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from clients import RewardClient, RewardError, UnparseableVerdictError
+from clients import RewardClient
 from prompts import TASKS
 from serving.process import ServerProcess
 
@@ -69,14 +69,13 @@ def main() -> int:
                 fields = {f: FIELDS[f] for f in task.fields}
                 # Free-reasoning tasks would ramble on random weights: ask for the verdict only.
                 constraint = "verdict" if task.free_reasoning else "auto"
-                try:
-                    result = client.score(name, media_for(task), constraint=constraint, logprobs=True, **fields)
-                except UnparseableVerdictError as exc:  # the random weights' limit, named: not a demo failure
-                    print(f"\n{name}: no verdict ({exc})")
+                result = client.score(name, media_for(task), constraint=constraint, logprobs=True, **fields)
+                if result.error_type == "UnparseableVerdictError":  # the random weights' limit, named
+                    print(f"\n{name}: no verdict ({result.error})")
                     continue
-                except RewardError as exc:
+                if not result.ok:
                     failures += 1
-                    print(f"\n{name}: ERROR {type(exc).__name__}: {exc}")
+                    print(f"\n{name}: ERROR {result.error_type}: {result.error}")
                     continue
                 print(f"\n{name}  ({result.latency_s * 1000:.0f} ms, {result.usage['prompt_tokens']} prompt tokens)")
                 print(f"  model said: {shorten(repr(result.text))}")

@@ -37,6 +37,8 @@ class Task:
     output: OutputFormat
     # Output token budget for a request (the format's longest verdict, with margin).
     max_tokens: int
+    # Pairwise tasks: what swapping the pair means ("media" or "answers"); None for pointwise tasks.
+    pairwise: str | None = None
 
     def render(self, **fields: str) -> str:
         """The prompt text: exactly `template.format(**fields)`, but a missing or unknown field is an error."""
@@ -116,6 +118,9 @@ def _load(text: str, origin: str) -> Task:
                         frames=data["media"].get("frames"))
     if media.kind not in MEDIA_KINDS or media.count < 1:
         raise ValueError(f"{origin}: bad media layout {media}")
+    pairwise = data["output"].get("pairwise")
+    if pairwise not in (None, "media", "answers") or (pairwise == "media" and media.count != 2):
+        raise ValueError(f"{origin}: pairwise must be 'media' (with 2 media) or 'answers', not {pairwise!r}")
     return Task(
         name=name,
         version=int(data["version"]),
@@ -125,6 +130,7 @@ def _load(text: str, origin: str) -> Task:
         media=media,
         output=build_format(name, data["output"]),
         max_tokens=int(data["output"]["max_tokens"]),
+        pairwise=data["output"].get("pairwise"),
     )
 
 

@@ -35,8 +35,9 @@ def client(live_server):
 @pytest.mark.parametrize("name", [n for n, t in TASKS.items() if not t.free_reasoning])
 def test_constrained_task_parses(client, name):
     task = get_task(name)
+    result = client.score(task, media_for(task), **fields_for(task))
     try:
-        result = client.score(task, media_for(task), **fields_for(task))
+        result.raise_for_error()
     except UnparseableVerdictError as exc:
         # A grammar cannot make two numbers sum to 1: a random-weight model may fail that check, and then
         # the error names the sum. Nothing else may fail to parse under the task's constraint.
@@ -54,6 +55,7 @@ def test_constrained_task_parses(client, name):
 def test_free_reasoning_task_parses_under_the_verdict_constraint(client, name):
     task = get_task(name)
     result = client.score(task, media_for(task), constraint="verdict", **fields_for(task))
+    result.raise_for_error()
     assert result.verdict.task == name and 0.0 <= result.verdict.reward <= 1.0
     assert result.text in task.verdict_constraint.get("choice", [result.text])
 
@@ -62,8 +64,9 @@ def test_free_reasoning_task_parses_under_the_verdict_constraint(client, name):
 def test_free_reasoning_task_unconstrained_gives_a_verdict_or_a_named_error(client, name):
     """Unconstrained, the random-weight model rambles: the client must say why there is no verdict."""
     task = get_task(name)
+    result = client.score(task, media_for(task), max_tokens=64, **fields_for(task))
     try:
-        result = client.score(task, media_for(task), max_tokens=64, **fields_for(task))
+        result.raise_for_error()
     except UnparseableVerdictError as exc:
         assert exc.text and ("cut at max_tokens" in str(exc) or "no " in str(exc))
     else:
@@ -77,8 +80,10 @@ def test_free_reasoning_task_unconstrained_gives_a_verdict_or_a_named_error(clie
 def test_p_first_is_a_probability_consistent_with_the_greedy_choice(client, name, constraint):
     task = get_task(name)
     for seed in range(3):
-        verdict = client.score(task, media_for(task, seed * 10), constraint=constraint, logprobs=True,
-                               **fields_for(task)).verdict
+        result = client.score(task, media_for(task, seed * 10), constraint=constraint, logprobs=True,
+                              **fields_for(task))
+        result.raise_for_error()
+        verdict = result.verdict
         assert isinstance(verdict, RankVerdict)
         assert verdict.p_first is not None and 0.0 <= verdict.p_first <= 1.0
         assert verdict.reward == verdict.p_first

@@ -38,6 +38,7 @@ def test_models_lists_unifiedreward(live_server):
 def test_pair_rank_through_the_client(client):
     task = get_task("image_gen.pair_rank")
     result = client.score(task, [picture(1), picture(2)], caption=CAPTION)
+    result.raise_for_error()
     assert isinstance(result.verdict, RankVerdict)
     assert result.text in task.structured_outputs["choice"]
     assert result.verdict.winner in (1, 2, None)
@@ -49,6 +50,7 @@ def test_pair_rank_through_the_client(client):
 
 def test_point_score_acs_through_the_client(client):
     result = client.score("image_gen.point_score_acs", [picture(3, size=1024)], caption=CAPTION)
+    result.raise_for_error()
     assert isinstance(result.verdict, ScoreVerdict)
     assert set(result.verdict.scores) == {"alignment", "coherence", "style"}
     assert all(1.0 <= v <= 5.0 for v in result.verdict.scores.values())
@@ -58,8 +60,11 @@ def test_point_score_acs_through_the_client(client):
 
 
 def test_bad_input_is_refused_before_sending(client):
+    result = client.score("image_gen.pair_rank", [picture(4)], caption=CAPTION)
+    assert not result.ok and result.error_type == "BadInputError" and result.attempts == 0
+    assert "takes 2 image" in result.error
     with pytest.raises(BadInputError, match="takes 2 image"):
-        client.score("image_gen.pair_rank", [picture(4)], caption=CAPTION)
+        result.reward
 
 
 def test_request_shaped_like_the_authors_client(live_server):

@@ -1,0 +1,255 @@
+"""The async core: every network path of the client lives here; the sync RewardClient is a thin twin."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import httpx
+import openai
+
+from prompts import Task
+
+from ._constants import (DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_IMAGE_FORMAT,
+                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S,
+                         ENDPOINT_DOWN_STATUS, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_BASE_S,
+                         RETRY_BACKOFF_MAX_S)
+from ._core import (VIDEO_MODES, EncodeOptions, Item, Result, build_request, encode_media, encode_one,
+                    orders_agree, resolve_task, swap_pair, to_result, translate_openai_error)
+from ._endpoints import Endpoint, EndpointPool
+from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError
+from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, win_rates
+
+ItemLike = Item | Mapping[str, Any] | Result
+Progress = bool | Callable[[Result], None]
+
+
+def backoff_s(attempt: int) -> float:
+    """Jittered exponential backoff before retry number `attempt` (1-based)."""
+    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class AsyncRewardClient:
+    """Score items with UnifiedReward served by vLLM, from asyncio code.
+
+    One or more base URLs (balanced by least outstanding requests, failing ones skipped and probed back),
+    one pooled HTTP connection set, bounded concurrency, retries only on failures that may pass.
+
+        async with AsyncRewardClient(["http://a:8000/v1", "http://b:8000/v1"]) as client:
+            results = await client.score_batch(items, concurrency=64)
+    """
+
+    def __init__(self, base_url: str | Sequence[str] = DEFAULT_BASE_URL, *, api_key: str = DEFAULT_API_KEY,
+                 model: str = DEFAULT_MODEL, timeout: float = DEFAULT_TIMEOUT_S,
+                 max_retries: int = DEFAULT_MAX_RETRIES, image_format: str = DEFAULT_IMAGE_FORMAT,
+                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_PIXELS, video_mode: str = "frames") -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("give at least one base URL")
+        if video_mode not in VIDEO_MODES:
+            raise ValueError(f"video_mode must be one of {VIDEO_MODES}")
+        self.model = model
+        self.max_retries = max_retries
+        self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS))
+        endpoints = [Endpoint(url, openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout,
+                                                      max_retries=0, http_client=self._http))
+                     for url in urls]
+        self.pool = EndpointPool(endpoints, self._http)
+
+    # -- one request, with retries across endpoints -------------------------------------------------
+
+    async def _send(self, request: dict[str, Any]) -> tuple[Any, Endpoint, int]:
+        last: RequestFailedError | None = None
+        for attempt in range(1, self.max_retries + 2):
+            async with self.pool.lease() as endpoint:
+                try:
+                    completion = await endpoint.api.chat.completions.create(**request)
+                except openai.OpenAIError as exc:
+                    last = translate_openai_error(exc)
+                    last.attempts = attempt
+                    if isinstance(exc, openai.APIConnectionError) or last.status_code in ENDPOINT_DOWN_STATUS:
+                        self.pool.mark_failed(endpoint)  # unreachable or overloaded: try the others first
+                    if not last.retryable:
+                        raise last from exc
+                else:
+                    self.pool.mark_ok(endpoint)
+                    return completion, endpoint, attempt
+            if attempt <= self.max_retries:
+                await asyncio.sleep(backoff_s(attempt))
+        assert last is not None
+        final = RequestFailedError(f"{last} (after {self.max_retries + 1} attempts)", last.status_code, True)
+        final.attempts = self.max_retries + 1
+        raise final
+
+    async def _score_item(self, item: Item, *, constraint: str, logprobs: bool, max_tokens: int | None,
+                          encoded: list[Any] | None = None) -> Result:
+        """One item, one order. Raises RewardError; the callers turn it into a Result."""
+        task = resolve_task(item.task)
+        if encoded is None:
+            encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
+        request = build_request(task, encoded, item.fields, model=self.model, constraint=constraint,
+                                logprobs=logprobs, max_tokens=max_tokens)
+        started = time.perf_counter()
+        completion, endpoint, attempts = await self._send(request)
+        return to_result(task, completion, started, endpoint=endpoint.base_url, attempts=attempts, id=item.id)
+
+    async def _score_safely(self, item: Item, *, debias: bool, **options: Any) -> Result:
+        """Never raises: a failure becomes a Result with `error`, so one bad item cannot sink a batch."""
+        task_name = item.task if isinstance(item.task, str) else item.task.name
+        try:
+            if not debias:
+                return await self._score_item(item, **options)
+            task = resolve_task(item.task)
+            swapped_item = swap_pair(task, item)
+            first, second = await asyncio.gather(self._score_item(item, **options),
+                                                 self._score_item(swapped_item, **options))
+            return dataclasses.replace(first, swapped=second, agreement=orders_agree(first.verdict, second.verdict))
+        except RewardError as exc:
+            return Result.failure(exc, task=task_name, id=item.id, attempts=getattr(exc, "attempts", 0))
+        except Exception as exc:  # a bug or an unforeseen input: still this item's failure alone
+            return Result.failure(RewardError(f"{type(exc).__name__}: {exc}"), task=task_name, id=item.id)
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    async def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto",
+                    logprobs: bool = False, debias: bool = False, max_tokens: int | None = None,
+                    **fields: str) -> Result:
+        """Score one item. Never raises for the item's own failure: see `Result.error` (or `.reward`,
+        which raises it). media: images (paths, bytes, PIL images, HWC uint8 arrays, URLs); for video tasks
+        per video a file, bytes, a URL or a list of frames. constraint: "auto" | "verdict" | "none".
+        logprobs: soft scores (p_first, expected_score) drive the reward. debias: pair tasks in both orders."""
+        return await self._score_safely(Item(task, media, fields), debias=debias, constraint=constraint,
+                                        logprobs=logprobs, max_tokens=max_tokens)
+
+    async def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
+                          deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
+                          debias: bool = False, max_tokens: int | None = None,
+                          progress: Progress = False) -> list[Result]:
+        """Score many items with at most `concurrency` in flight; results in input order, one per item.
+        `deadline_s`: after that many seconds, unfinished items fail with DeadlineExceededError."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        prepared: list[Item | Result] = []
+        for index, raw in enumerate(items):
+            if isinstance(raw, (Item, Result)):  # a Result: an entry that already failed (e.g. a bad line)
+                prepared.append(raw)
+                continue
+            try:
+                prepared.append(Item.from_mapping(raw))
+            except BadInputError as exc:
+                prepared.append(Result.failure(exc, id=raw.get("id") if isinstance(raw, Mapping) else index))
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        semaphore = asyncio.Semaphore(concurrency)
+        report = _progress_reporter(progress, len(prepared))
+        options = dict(constraint=constraint, logprobs=logprobs, max_tokens=max_tokens, debias=debias)
+
+        async def run(entry: Item | Result) -> Result:
+            if isinstance(entry, Result):
+                report(entry)
+                return entry
+            async with semaphore:
+                if deadline is None:
+                    result = await self._score_safely(entry, **options)
+                else:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        if remaining <= 0:
+                            raise TimeoutError
+                        result = await asyncio.wait_for(self._score_safely(entry, **options), remaining)
+                    except TimeoutError:
+                        task = entry.task if isinstance(entry.task, str) else entry.task.name
+                        result = Result.failure(DeadlineExceededError(
+                            f"the batch deadline of {deadline_s:g} s passed before this item was scored"),
+                            task=task, id=entry.id)
+            report(result)
+            return result
+
+        try:
+            return list(await asyncio.gather(*(run(entry) for entry in prepared)))
+        finally:
+            report(None)
+
+    async def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None,
+                         debias: bool = False, logprobs: bool = False, concurrency: int = DEFAULT_CONCURRENCY,
+                         **fields: str) -> GroupResult:
+        """Rank a group of candidates (e.g. one prompt's GRPO samples) with a pairwise task: all pairs, or a
+        budget of `pairs`. Per item: win rate (a tie counts half to each) and Bradley-Terry strength. Each
+        candidate is encoded once, and one pair per leading candidate goes first so that the others find
+        its image in vLLM's prefix cache."""
+        spec = resolve_task(task)
+        if spec.pairwise != "media":
+            raise BadInputError(f"{spec.name}: rank_group needs a task comparing two media "
+                                f"(image_gen.pair_rank, image_gen.pair_score, video_gen.*pair*)")
+        n = len(media)
+        if n < 2:
+            raise BadInputError(f"rank_group needs at least 2 candidates, got {n}")
+        encoded: list[Any] = []
+        errors: dict[int, RewardError] = {}
+        for i, m in enumerate(media):  # each candidate encoded once, not once per pair
+            try:
+                encoded.append(await asyncio.to_thread(encode_one, spec.media.kind, spec.media.frames, m,
+                                                       self.encode_options))
+            except RewardError as exc:
+                encoded.append(None)
+                errors[i] = exc
+        chosen = all_pairs(n, pairs)
+        semaphore = asyncio.Semaphore(concurrency)
+        results: dict[tuple[int, int], Result] = {}
+
+        async def compare(i: int, j: int) -> None:
+            if encoded[i] is None or encoded[j] is None:
+                bad = errors.get(i) or errors.get(j)
+                results[(i, j)] = Result.failure(bad, task=spec.name, id=(i, j))
+                return
+            async with semaphore:
+                results[(i, j)] = await self._score_safely(
+                    Item(spec, [encoded[i], encoded[j]], fields, id=(i, j)), debias=debias,
+                    constraint="auto", logprobs=logprobs, max_tokens=None)
+
+        wave1, wave2 = cache_friendly_waves(chosen)
+        await asyncio.gather(*(compare(i, j) for i, j in wave1))
+        await asyncio.gather(*(compare(i, j) for i, j in wave2))
+        outcomes = {pair: r.reward for pair, r in results.items() if r.ok}
+        return GroupResult(task=spec.name, win_rates=win_rates(n, outcomes), strengths=bradley_terry(n, outcomes),
+                           pairs=[results[p] for p in chosen], errors=sum(not r.ok for r in results.values()))
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncRewardClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _progress_reporter(progress: Progress, total: int) -> Callable[[Result | None], None]:
+    """progress=True: a tqdm bar on stderr (ok/failed counts); a callable: called with each Result."""
+    if callable(progress):
+        return lambda result: result is not None and progress(result)
+    if not progress:
+        return lambda result: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True)
+    failed = 0
+
+    def report(result: Result | None) -> None:
+        nonlocal failed
+        if result is None:
+            bar.close()
+            return
+        failed += not result.ok
+        bar.update(1)
+        if failed:
+            bar.set_postfix(failed=failed, refresh=False)
+
+    return report

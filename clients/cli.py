@@ -1,0 +1,181 @@
+"""`unifiedreward` (also `python -m clients`): score items or rank a group from the command line.
+
+    unifiedreward score --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat"
+    unifiedreward score --input items.jsonl --output results.jsonl --concurrency 64
+    unifiedreward group --task image_gen.pair_rank --caption "a red cat" --image 1.png --image 2.png ...
+
+The same client as the library: one code path. Exit status 1 when any item failed.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ._constants import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S
+from ._core import CONSTRAINTS, Item, Result
+from .client import RewardClient
+from .errors import BadInputError
+
+# The line a batch output has for each input line (other keys may follow).
+OUTPUT_KEYS = ("id", "verdict", "error", "text", "usage", "latency_s")
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--base-url", action="append", dest="base_urls", metavar="URL",
+                       help=f"an OpenAI-compatible base URL; repeat for several endpoints "
+                            f"(default: $UNIFIEDREWARD_BASE_URL or {DEFAULT_BASE_URL})")
+    group.add_argument("--api-key", default=os.environ.get("UNIFIEDREWARD_API_KEY", "EMPTY"),
+                       help="API key (default: $UNIFIEDREWARD_API_KEY)")
+    group.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default: {DEFAULT_MODEL})")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request attempt")
+    group.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
+                       help="retries of connection errors, 429 and 5xx")
+
+
+def _item_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help="task name, e.g. image_gen.pair_rank")
+    parser.add_argument("--image", action="append", default=[], help="an image file or URL; repeat in order")
+    parser.add_argument("--video", action="append", default=[], help="a video file or URL; repeat in order")
+    parser.add_argument("--caption")
+    parser.add_argument("--question")
+    parser.add_argument("--answer", action="append", default=[], help="answer 1, then answer 2")
+    parser.add_argument("--response")
+    parser.add_argument("--constraint", choices=CONSTRAINTS, default="auto",
+                        help="decoding constraint: the task's default, verdict only, or none")
+    parser.add_argument("--logprobs", action="store_true", help="soft scores (p_first, expected_score)")
+    parser.add_argument("--debias", action="store_true", help="pair tasks: score both orders and average")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unifiedreward", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score one item (flags) or a JSONL batch (--input)")
+    _item_arguments(score)
+    score.add_argument("--input", type=Path, help="JSONL items: {id, task, images|videos, caption|question|"
+                                                  "answer1|answer2|response}")
+    score.add_argument("--output", type=Path, help="JSONL results, one line per input line, in order "
+                                                   "(default: standard output)")
+    score.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    score.add_argument("--deadline", type=float, help="overall seconds; later items fail as deadline exceeded")
+    _client_arguments(score)
+
+    group = commands.add_parser("group", help="rank candidates with a pairwise task (win rates, strengths)")
+    _item_arguments(group)
+    group.add_argument("--pairs", type=int, help="compare only this many pairs (default: all)")
+    group.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    _client_arguments(group)
+    return parser
+
+
+def _fields(args: argparse.Namespace) -> dict[str, str]:
+    fields = {k: getattr(args, k) for k in ("caption", "question", "response") if getattr(args, k) is not None}
+    if args.answer:
+        if len(args.answer) != 2:
+            raise BadInputError(f"--answer takes exactly two answers (answer 1, then answer 2), got {len(args.answer)}")
+        fields["answer1"], fields["answer2"] = args.answer
+    return fields
+
+
+def _client(args: argparse.Namespace) -> RewardClient:
+    urls = args.base_urls or [os.environ.get("UNIFIEDREWARD_BASE_URL", DEFAULT_BASE_URL)]
+    return RewardClient(urls, api_key=args.api_key, model=args.model, timeout=args.timeout,
+                        max_retries=args.max_retries)
+
+
+def read_items(path: Path) -> list[Item | Result]:
+    """One entry per non-blank line: an Item, or a failed Result naming what is wrong with that line."""
+    entries: list[Item | Result] = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                entries.append(Result.failure(BadInputError(f"line {number}: invalid JSON: {exc}")))
+                continue
+            try:
+                entries.append(Item.from_mapping(data))
+            except BadInputError as exc:
+                item_id = data.get("id") if isinstance(data, dict) else None
+                entries.append(Result.failure(BadInputError(f"line {number}: {exc}"), id=item_id))
+    return entries
+
+
+def output_line(result: Result) -> dict[str, Any]:
+    full = result.to_dict()
+    return {**{k: full[k] for k in OUTPUT_KEYS}, **{k: v for k, v in full.items() if k not in OUTPUT_KEYS}}
+
+
+def _summary(results: Sequence[Result], seconds: float) -> str:
+    failed = collections.Counter(r.error_type for r in results if not r.ok)
+    ok = len(results) - sum(failed.values())
+    line = (f"unifiedreward: {len(results)} items in {seconds:.1f} s "
+            f"({len(results) / seconds if seconds else 0:.1f} items/s): {ok} ok, {sum(failed.values())} failed")
+    if failed:
+        line += " (" + ", ".join(f"{kind} {count}" for kind, count in failed.most_common()) + ")"
+    return line
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    options = dict(constraint=args.constraint, logprobs=args.logprobs, debias=args.debias)
+    with _client(args) as client:
+        if args.input is None:
+            if not args.task:
+                raise BadInputError("give --task (and media and fields), or --input items.jsonl")
+            media = args.image or args.video
+            if args.image and args.video:
+                raise BadInputError("give --image or --video, not both")
+            result = client.score(args.task, media, **options, **_fields(args))
+            print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+            return 0 if result.ok else 1
+        entries = read_items(args.input)
+        started = time.perf_counter()
+        results = client.score_batch(entries, concurrency=args.concurrency, deadline_s=args.deadline,
+                                     progress=sys.stderr.isatty(), **options)
+        elapsed = time.perf_counter() - started
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for result in results:
+            out.write(json.dumps(output_line(result), ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    print(_summary(results, elapsed), file=sys.stderr)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    if not args.task:
+        raise BadInputError("give --task, e.g. image_gen.pair_rank")
+    media = args.image or args.video
+    with _client(args) as client:
+        group = client.rank_group(args.task, media, pairs=args.pairs, debias=args.debias, logprobs=args.logprobs,
+                                  concurrency=args.concurrency, **_fields(args))
+    print(json.dumps(group.to_dict(), indent=2, ensure_ascii=False))
+    return 0 if group.errors == 0 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"score": cmd_score, "group": cmd_group}[args.command](args)
+    except BadInputError as exc:
+        print(f"unifiedreward: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # piped into `head`: not an error
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The client an RL loop leans on, against the live server(s): batches with bad items, several endpoints
+with one stopped mid-batch, groups, debias, videos, deadlines, and the CLI."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from clients import AsyncRewardClient, Item, RewardClient
+from tests.helpers import picture
+
+CAPTION = "a red circle above a blue square"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(12):
+        path = folder / f"img{i}.png"
+        picture(i, size=320).save(path)
+        paths.append(path)
+    corrupt = folder / "corrupt.png"
+    corrupt.write_bytes(paths[0].read_bytes()[:200])  # a truncated PNG
+    return {"good": paths, "corrupt": corrupt, "missing": folder / "missing.png"}
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "bar.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 320, 256, "yuv420p"
+        for i in range(48):
+            frame = np.zeros((256, 320, 3), np.uint8)
+            frame[:, (i * 6) % 300:(i * 6) % 300 + 20] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def batch_with_bad_items(images, n: int = 200):
+    """n pair_rank items; every 10th is bad, cycling through three kinds of bad."""
+    good, items, bad = images["good"], [], {}
+    for i in range(n):
+        media = [good[i % 12], good[(i + 1) % 12]]
+        if i % 10 == 3:
+            kind = ("missing", "corrupt", "count")[(i // 10) % 3]
+            media = {"missing": [images["missing"], good[0]], "corrupt": [images["corrupt"], good[0]],
+                     "count": [good[0]]}[kind]
+            bad[i] = kind
+        items.append(Item("image_gen.pair_rank", media, {"caption": CAPTION}, id=i))
+    return items, bad
+
+
+def test_batch_of_200_with_10_percent_bad_items(live_server, images):
+    items, bad = batch_with_bad_items(images)
+    assert len(bad) == 20
+    with RewardClient(live_server.base_url) as client:
+        results = client.score_batch(items, concurrency=32)
+    assert [r.id for r in results] == list(range(200))
+    failed = {r.id for r in results if not r.ok}
+    assert failed == set(bad)
+    messages = {"missing": "not found", "corrupt": "cannot decode", "count": "takes 2 image"}
+    for r in results:
+        if r.ok:
+            assert r.verdict.winner in (1, 2, None) and r.attempts == 1 and r.endpoint == live_server.base_url
+            assert r.usage["prompt_tokens"] > 0 and r.latency_s > 0
+        else:
+            assert r.error_type == "BadInputError" and messages[bad[r.id]] in r.error
+            assert r.verdict is None and r.attempts == 0
+
+
+def test_two_endpoints_one_stopped_mid_batch(live_server, second_server, images):
+    """Every item still gets exactly one result, and all are scored: the survivor takes over."""
+    items = [Item("image_gen.pair_rank", [images["good"][i % 12], images["good"][(i + 5) % 12]],
+                  {"caption": CAPTION}, id=i) for i in range(200)]
+    with RewardClient(second_server.base_url) as warm_up:  # a fresh replica's first requests are slow
+        assert all(r.ok for r in warm_up.score_batch(items[:4]))
+    done = []
+    stopper = threading.Thread(target=second_server.stop)
+
+    def on_result(result) -> None:
+        done.append(result)
+        if sum(r.endpoint == second_server.base_url for r in done) == 10:  # both replicas are serving
+            stopper.start()
+
+    client = RewardClient([live_server.base_url, second_server.base_url], max_retries=4)
+    try:
+        results = client.score_batch(items, concurrency=16, progress=on_result)
+        endpoints = client._async.pool.endpoints
+        assert all(ep.in_flight == 0 for ep in endpoints)  # released on every path, errors included
+    finally:
+        client.close()
+        if stopper.is_alive():
+            stopper.join()
+    assert stopper.ident is not None, "the second replica was never stopped"
+    assert [r.id for r in results] == list(range(200)) and len(done) == 200
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    served = {url: sum(r.endpoint == url for r in results) for url in (live_server.base_url, second_server.base_url)}
+    assert served[second_server.base_url] > 0, "the second replica served before it was stopped"
+    assert served[live_server.base_url] > served[second_server.base_url]
+    assert not second_server.healthy()
+
+
+def test_group_of_6_win_rates_sum_to_3(live_server, images):
+    with RewardClient(live_server.base_url) as client:
+        group = client.rank_group("image_gen.pair_rank", images["good"][:6], caption=CAPTION)
+    assert group.errors == 0 and len(group.pairs) == 15
+    assert len(group.win_rates) == 6 and sum(group.win_rates) == pytest.approx(3.0)
+    assert all(0.0 <= w <= 1.0 for w in group.win_rates)
+    assert len(group.strengths) == 6 and sum(group.strengths) == pytest.approx(1.0)
+    best = max(range(6), key=lambda i: group.win_rates[i])
+    assert group.strengths[best] == max(group.strengths)
+
+
+def test_group_with_a_pair_budget_and_a_bad_candidate(live_server, images):
+    media = list(images["good"][:5]) + [images["missing"]]
+    with RewardClient(live_server.base_url) as client:
+        group = client.rank_group("image_gen.pair_score", media, pairs=8, caption=CAPTION)
+    assert len(group.pairs) == 8
+    failed = [p for p in group.pairs if not p.ok]
+    assert all(5 in p.id for p in failed if p.error_type == "BadInputError")
+    assert group.win_rates[5] is None or 5 not in [i for p in group.pairs if p.ok for i in p.id]
+
+
+def test_debias_scores_both_orders(live_server, images):
+    with RewardClient(live_server.base_url) as client:
+        result = client.score("image_gen.pair_rank", images["good"][:2], debias=True, logprobs=True, caption=CAPTION)
+        understanding = client.score("image_und.pair_rank", images["good"][:1], debias=True, constraint="verdict",
+                                     question="What is shown?", answer1="Circles.", answer2="Nothing.")
+    for r in (result, understanding):
+        assert r.ok and r.swapped is not None and r.swapped.ok
+        assert isinstance(r.agreement, bool)
+        assert r.reward == pytest.approx((r.verdict.reward + 1 - r.swapped.verdict.reward) / 2)
+    assert understanding.swapped.text in ("Answer 1 is better", "Answer 2 is better")
+
+
+def test_video_file_as_frames_and_as_url(live_server, video):
+    with RewardClient(live_server.base_url) as frames_client:
+        as_frames = frames_client.score("video_gen.point_score", [video], caption="a white bar moves right")
+    with RewardClient(live_server.base_url, video_mode="url") as url_client:
+        as_url = url_client.score("video_und.point_score", [video], question="What moves?", response="A bar.")
+    assert as_frames.ok and as_url.ok, (as_frames.error, as_url.error)
+    assert as_frames.usage["prompt_tokens"] > 16 * 64  # 16 frames reached the model
+    assert as_url.verdict.final_score in (1, 2, 3, 4, 5)
+
+
+def test_corrupt_video_fails_alone(live_server, video, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(video.read_bytes()[:300])
+    items = [Item("video_und.point_score", [path], {"question": "q", "response": "r"}, id=str(path.name))
+             for path in (video, broken, video)]
+    with RewardClient(live_server.base_url) as client:
+        results = client.score_batch(items)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_type == "BadInputError" and "video" in results[1].error
+
+
+def test_deadline_turns_unfinished_items_into_errors(live_server, images):
+    items = [Item("image_gen.pair_rank", images["good"][:2], {"caption": CAPTION}, id=i) for i in range(5)]
+    with RewardClient(live_server.base_url) as client:
+        results = client.score_batch(items, deadline_s=0)
+    assert [r.error_type for r in results] == ["DeadlineExceededError"] * 5
+
+
+def test_async_client_is_the_same_core(live_server, images):
+    async def main():
+        async with AsyncRewardClient(live_server.base_url) as client:
+            return await asyncio.gather(client.score("image_gen.point_score_acs", images["good"][:1], caption=CAPTION),
+                                        client.score_batch([Item("nope", [])]))
+
+    result, (bad,) = asyncio.run(main())
+    assert bad.error_type == "BadInputError" and "unknown task 'nope'" in bad.error
+    assert result.ok and set(result.verdict.scores) == {"alignment", "coherence", "style"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clients", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_score_one_item(live_server, images):
+    proc = run_cli("score", "--task", "image_gen.pair_rank", "--image", str(images["good"][0]),
+                   "--image", str(images["good"][1]), "--caption", CAPTION, "--base-url", live_server.base_url)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["verdict"]["winner"] in (1, 2, None) and result["error"] is None
+
+
+def test_cli_batch_jsonl_in_order_with_failures(live_server, images, tmp_path):
+    good = [str(p) for p in images["good"]]
+    lines = [json.dumps({"id": f"item-{i}", "task": "image_gen.pair_rank", "images": [good[i], good[i + 1]],
+                         "caption": CAPTION}) for i in range(6)]
+    lines[2] = json.dumps({"id": "item-2", "task": "image_gen.pair_rank", "images": [str(images["missing"]), good[0]],
+                           "caption": CAPTION})
+    lines.insert(4, "{this is not json")
+    lines.append(json.dumps({"id": "q", "task": "image_und.point_score", "images": [good[0]],
+                             "question": "What is shown?", "response": "Circles."}))
+    source, target = tmp_path / "items.jsonl", tmp_path / "results.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    proc = run_cli("score", "--input", str(source), "--output", str(target), "--concurrency", "4",
+                   "--constraint", "verdict", "--base-url", live_server.base_url)
+    assert proc.returncode == 1  # some items failed
+    out = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(out) == len(lines)
+    assert [o["id"] for o in out] == ["item-0", "item-1", "item-2", "item-3", None, "item-4", "item-5", "q"]
+    assert list(out[0])[:6] == ["id", "verdict", "error", "text", "usage", "latency_s"]
+    assert [o["error"] is None for o in out] == [True, True, False, True, False, True, True, True]
+    assert "not found" in out[2]["error"] and "invalid JSON" in out[4]["error"]
+    assert "8 items" in proc.stderr and "6 ok, 2 failed" in proc.stderr
+
+
+def test_cli_group(live_server, images):
+    proc = run_cli("group", "--task", "image_gen.pair_rank", "--caption", CAPTION, "--base-url", live_server.base_url,
+                   *[arg for p in images["good"][:4] for arg in ("--image", str(p))])
+    assert proc.returncode == 0, proc.stderr
+    group = json.loads(proc.stdout)
+    assert len(group["win_rates"]) == 4 and sum(group["win_rates"]) == pytest.approx(2.0)
+    assert len(group["strengths"]) == 4
