@@ -8,7 +8,7 @@ PORT ?= 8000
 # Built artefacts (the tiny checkpoint, logs) stay in the work tree, ignored by git.
 export UNIFIEDREWARD_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup serve demo test test-unit clean
+.PHONY: setup serve demo test test-unit bench bench-load clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -27,6 +27,14 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+## side-by-side baselines on the tiny checkpoint: results/compare.json and results/compare.png
+bench: setup
+	$(PY) -m benchmarks.compare $(BENCH_ARGS)
+
+## load test: BASE_URL=http://host:port/v1 for a running endpoint, else a tiny server for the run
+bench-load: setup
+	$(PY) -m benchmarks.load $(if $(BASE_URL),--base-url $(BASE_URL),--serve-tiny) $(BENCH_ARGS)
 
 clean:
 	rm -rf .cache results .pytest_cache

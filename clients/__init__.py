@@ -2,14 +2,14 @@
 through the `openai` package with bounded concurrency across one or more endpoints, and returns typed
 verdicts and rewards. `AsyncRewardClient` is the core; `RewardClient` its synchronous twin."""
 from ._async import AsyncRewardClient
-from ._core import Item, Result
+from ._core import Completion, Item, Result, build_request
 from .client import RewardClient
 from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError, UnparseableVerdictError
 from .groups import GroupResult
 from .media import encode_image, smart_resize, video_frames
 
 __all__ = [
-    "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult",
+    "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult", "Completion", "build_request",
     "RewardError", "BadInputError", "RequestFailedError", "DeadlineExceededError", "UnparseableVerdictError",
     "encode_image", "smart_resize", "video_frames",
 ]

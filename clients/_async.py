@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import sys
@@ -14,11 +15,11 @@ import openai
 from prompts import Task
 
 from ._constants import (DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_IMAGE_FORMAT,
-                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S,
+                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, ENCODE_AHEAD,
                          ENDPOINT_DOWN_STATUS, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_BASE_S,
                          RETRY_BACKOFF_MAX_S)
-from ._core import (VIDEO_MODES, EncodeOptions, Item, Result, build_request, encode_media, encode_one,
-                    orders_agree, resolve_task, swap_pair, to_result, translate_openai_error)
+from ._core import (VIDEO_MODES, Completion, EncodeOptions, Item, Result, build_request, encode_media, encode_one,
+                    orders_agree, resolve_task, swap_pair, to_result, translate_openai_error, usage_of)
 from ._endpoints import Endpoint, EndpointPool
 from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError
 from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, win_rates
@@ -65,12 +66,26 @@ class AsyncRewardClient:
 
     # -- one request, with retries across endpoints -------------------------------------------------
 
-    async def _send(self, request: dict[str, Any]) -> tuple[Any, Endpoint, int]:
+    async def complete(self, request: dict[str, Any], *, stream: bool = False,
+                       first_token: asyncio.Event | None = None) -> Completion:
+        """Send one chat request (keyword arguments of `chat.completions.create`, e.g. from build_request)
+        with retries across endpoints. The transport under everything else; the benchmarks use it directly.
+        stream=True measures the time to the first token and sets `first_token` when it arrives (the
+        prompt's prefix is in vLLM's cache from then on). Raises RequestFailedError."""
         last: RequestFailedError | None = None
         for attempt in range(1, self.max_retries + 2):
             async with self.pool.lease() as endpoint:
+                started = time.perf_counter()
                 try:
-                    completion = await endpoint.api.chat.completions.create(**request)
+                    if stream:
+                        text, finish, usage, logprobs, ttft = await _read_stream(endpoint.api, request, started,
+                                                                                  first_token)
+                        completion = Completion(text, finish, usage, logprobs, time.perf_counter() - started,
+                                                endpoint.base_url, attempt, ttft)
+                    else:
+                        response = await endpoint.api.chat.completions.create(**request)
+                        completion = Completion.from_response(response, latency_s=time.perf_counter() - started,
+                                                              endpoint=endpoint.base_url, attempts=attempt)
                 except openai.OpenAIError as exc:
                     last = translate_openai_error(exc)
                     last.attempts = attempt
@@ -80,7 +95,7 @@ class AsyncRewardClient:
                         raise last from exc
                 else:
                     self.pool.mark_ok(endpoint)
-                    return completion, endpoint, attempt
+                    return completion
             if attempt <= self.max_retries:
                 await asyncio.sleep(backoff_s(attempt))
         assert last is not None
@@ -89,16 +104,18 @@ class AsyncRewardClient:
         raise final
 
     async def _score_item(self, item: Item, *, constraint: str, logprobs: bool, max_tokens: int | None,
-                          encoded: list[Any] | None = None) -> Result:
-        """One item, one order. Raises RewardError; the callers turn it into a Result."""
+                          extra_body: Mapping[str, Any] | None = None, gate: asyncio.Semaphore | None = None,
+                          first_token: asyncio.Event | None = None) -> Result:
+        """One item, one order. Raises RewardError; the callers turn it into a Result. The media are
+        encoded before taking a place at `gate` (the in-flight limit): while requests are in flight, the
+        next items get ready, so the server is never left waiting for the client to encode."""
         task = resolve_task(item.task)
-        if encoded is None:
-            encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
+        encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
         request = build_request(task, encoded, item.fields, model=self.model, constraint=constraint,
-                                logprobs=logprobs, max_tokens=max_tokens)
-        started = time.perf_counter()
-        completion, endpoint, attempts = await self._send(request)
-        return to_result(task, completion, started, endpoint=endpoint.base_url, attempts=attempts, id=item.id)
+                                logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
+        async with gate or contextlib.nullcontext():
+            completion = await self.complete(request, stream=first_token is not None, first_token=first_token)
+        return to_result(task, completion, id=item.id)
 
     async def _score_safely(self, item: Item, *, debias: bool, **options: Any) -> Result:
         """Never raises: a failure becomes a Result with `error`, so one bad item cannot sink a batch."""
@@ -112,7 +129,8 @@ class AsyncRewardClient:
                                                  self._score_item(swapped_item, **options))
             return dataclasses.replace(first, swapped=second, agreement=orders_agree(first.verdict, second.verdict))
         except RewardError as exc:
-            return Result.failure(exc, task=task_name, id=item.id, attempts=getattr(exc, "attempts", 0))
+            attempts = {} if getattr(exc, "completion", None) else {"attempts": getattr(exc, "attempts", 0)}
+            return Result.failure(exc, task=task_name, id=item.id, **attempts)
         except Exception as exc:  # a bug or an unforeseen input: still this item's failure alone
             return Result.failure(RewardError(f"{type(exc).__name__}: {exc}"), task=task_name, id=item.id)
 
@@ -120,18 +138,18 @@ class AsyncRewardClient:
 
     async def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto",
                     logprobs: bool = False, debias: bool = False, max_tokens: int | None = None,
-                    **fields: str) -> Result:
+                    extra_body: Mapping[str, Any] | None = None, **fields: str) -> Result:
         """Score one item. Never raises for the item's own failure: see `Result.error` (or `.reward`,
         which raises it). media: images (paths, bytes, PIL images, HWC uint8 arrays, URLs); for video tasks
         per video a file, bytes, a URL or a list of frames. constraint: "auto" | "verdict" | "none".
         logprobs: soft scores (p_first, expected_score) drive the reward. debias: pair tasks in both orders."""
         return await self._score_safely(Item(task, media, fields), debias=debias, constraint=constraint,
-                                        logprobs=logprobs, max_tokens=max_tokens)
+                                        logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
 
     async def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
                           deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
                           debias: bool = False, max_tokens: int | None = None,
-                          progress: Progress = False) -> list[Result]:
+                          extra_body: Mapping[str, Any] | None = None, progress: Progress = False) -> list[Result]:
         """Score many items with at most `concurrency` in flight; results in input order, one per item.
         `deadline_s`: after that many seconds, unfinished items fail with DeadlineExceededError."""
         if concurrency < 1:
@@ -146,15 +164,19 @@ class AsyncRewardClient:
             except BadInputError as exc:
                 prepared.append(Result.failure(exc, id=raw.get("id") if isinstance(raw, Mapping) else index))
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        semaphore = asyncio.Semaphore(concurrency)
+        # At most `concurrency` requests in flight, and as many more items encoded ahead of them (memory
+        # stays bounded; encoding overlaps the server's work instead of stalling it).
+        in_flight = asyncio.Semaphore(concurrency)
+        window = asyncio.Semaphore(concurrency * (1 + ENCODE_AHEAD))
         report = _progress_reporter(progress, len(prepared))
-        options = dict(constraint=constraint, logprobs=logprobs, max_tokens=max_tokens, debias=debias)
+        options = dict(constraint=constraint, logprobs=logprobs, max_tokens=max_tokens, debias=debias,
+                       extra_body=extra_body, gate=in_flight)
 
         async def run(entry: Item | Result) -> Result:
             if isinstance(entry, Result):
                 report(entry)
                 return entry
-            async with semaphore:
+            async with window:
                 if deadline is None:
                     result = await self._score_safely(entry, **options)
                 else:
@@ -202,20 +224,30 @@ class AsyncRewardClient:
         chosen = all_pairs(n, pairs)
         semaphore = asyncio.Semaphore(concurrency)
         results: dict[tuple[int, int], Result] = {}
+        # One pair per leading candidate goes first, streamed; the other pairs led by the same candidate
+        # wait until its first token, when vLLM has that candidate's image prefix in its cache.
+        primers, _ = cache_friendly_waves(chosen)
+        prefilled = {i: asyncio.Event() for i, _ in primers}
 
         async def compare(i: int, j: int) -> None:
-            if encoded[i] is None or encoded[j] is None:
-                bad = errors.get(i) or errors.get(j)
-                results[(i, j)] = Result.failure(bad, task=spec.name, id=(i, j))
-                return
-            async with semaphore:
-                results[(i, j)] = await self._score_safely(
-                    Item(spec, [encoded[i], encoded[j]], fields, id=(i, j)), debias=debias,
-                    constraint="auto", logprobs=logprobs, max_tokens=None)
+            primer = (i, j) in primers
+            try:
+                if not primer:
+                    await prefilled[i].wait()
+                if encoded[i] is None or encoded[j] is None:
+                    bad = errors.get(i) or errors.get(j)
+                    results[(i, j)] = Result.failure(bad, task=spec.name, id=(i, j))
+                    return
+                async with semaphore:
+                    results[(i, j)] = await self._score_safely(
+                        Item(spec, [encoded[i], encoded[j]], fields, id=(i, j)), debias=debias,
+                        constraint="auto", logprobs=logprobs, max_tokens=None,
+                        first_token=prefilled[i] if primer else None)
+            finally:
+                if primer:
+                    prefilled[i].set()  # also when the primer failed: the others must not wait forever
 
-        wave1, wave2 = cache_friendly_waves(chosen)
-        await asyncio.gather(*(compare(i, j) for i, j in wave1))
-        await asyncio.gather(*(compare(i, j) for i, j in wave2))
+        await asyncio.gather(*(compare(i, j) for i, j in chosen))
         outcomes = {pair: r.reward for pair, r in results.items() if r.ok}
         return GroupResult(task=spec.name, win_rates=win_rates(n, outcomes), strengths=bradley_terry(n, outcomes),
                            pairs=[results[p] for p in chosen], errors=sum(not r.ok for r in results.values()))
@@ -229,6 +261,30 @@ class AsyncRewardClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], started: float,
+                       first_token: asyncio.Event | None = None):
+    """A streamed chat completion, gathered: text, finish reason, usage, logprobs, time to first token."""
+    stream = await api.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    parts: list[str] = []
+    logprobs: list[Any] = []
+    finish, usage, ttft = None, {}, None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = usage_of(chunk)
+        for choice in chunk.choices:
+            if choice.delta.content:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                    if first_token is not None:
+                        first_token.set()
+                parts.append(choice.delta.content)
+            if choice.logprobs is not None and choice.logprobs.content:
+                logprobs.extend(choice.logprobs.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    return "".join(parts), finish, usage, (logprobs or None), ttft
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[Result | None], None]:

@@ -17,6 +17,9 @@ ENDPOINT_DOWN_STATUS = frozenset({502, 503, 504})
 # Batches: requests in flight at once. vLLM batches them continuously on the server; 64 keeps a 2B model
 # busy on one GPU without queueing far ahead of it.
 DEFAULT_CONCURRENCY = 64
+# Items encoded ahead of the in-flight ones, as a multiple of the concurrency: the next requests are ready
+# when places free up, and memory stays bounded.
+ENCODE_AHEAD = 1
 # Pooled HTTP connections shared by all endpoints of one client.
 MAX_CONNECTIONS = 512
 

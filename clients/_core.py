@@ -114,6 +114,12 @@ class Result:
 
     @classmethod
     def failure(cls, exc: BaseException, *, task: str | None = None, id: Any = None, **extra: Any) -> "Result":
+        """A failed item. When the server did answer (an unparseable verdict), its text, usage, latency and
+        endpoint are kept: the raw answer is what a user needs to see."""
+        completion = getattr(exc, "completion", None)
+        if completion is not None:
+            extra = {"text": completion.text, "usage": completion.usage, "latency_s": completion.latency_s,
+                     "endpoint": completion.endpoint, "attempts": completion.attempts, **extra}
         return cls(task=task, id=id, error=str(exc) or type(exc).__name__, error_type=type(exc).__name__,
                    exception=exc, **extra)
 
@@ -159,11 +165,12 @@ def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions) -> li
 
 
 def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *, model: str,
-                  constraint: str = "auto", logprobs: bool = False,
-                  max_tokens: int | None = None) -> dict[str, Any]:
+                  constraint: str = "auto", logprobs: bool = False, max_tokens: int | None = None,
+                  extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Keyword arguments for `chat.completions.create`: greedy and bounded. `constraint`: "auto" (the task's
     default: structured formats constrained, free reasoning not), "verdict" (always constrained; free
-    reasoning skipped) or "none". `logprobs`: ask for the top alternatives, for soft scores."""
+    reasoning skipped) or "none". `logprobs`: ask for the top alternatives, for soft scores.
+    `extra_body`: more vLLM request fields (e.g. {"ignore_eos": true}, {"priority": 1})."""
     if constraint not in CONSTRAINTS:
         raise BadInputError(f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
     try:
@@ -177,33 +184,58 @@ def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *,
         "temperature": 0.0,
     }
     structured = {"auto": task.structured_outputs, "verdict": task.verdict_constraint, "none": None}[constraint]
+    body = dict(extra_body or {})
     if structured is not None:
-        request["extra_body"] = {"structured_outputs": structured}
+        body["structured_outputs"] = structured
+    if body:
+        request["extra_body"] = body
     if logprobs:
         request.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
     return request
 
 
-def to_result(task: Task, completion: Any, started: float, **extra: Any) -> Result:
-    """Parse a chat completion; an unparseable answer raises with the raw text attached."""
-    choice = completion.choices[0]
-    text = choice.message.content or ""
-    if choice.finish_reason == "length":
-        # A verdict cut short may still parse to the wrong number ('2.6' of '2.69'): never accept it.
-        raise UnparseableVerdictError(
-            f"{task.name}: the answer was cut at max_tokens ({len(text)} characters); raise max_tokens", text)
+@dataclass(frozen=True)
+class Completion:
+    """What one chat request returned, transport details included (the client's `complete()`)."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int]
+    logprobs: list[Any] | None
+    latency_s: float
+    endpoint: str
+    attempts: int
+    ttft_s: float | None = None  # time to the first content token (streamed requests only)
+
+    @classmethod
+    def from_response(cls, response: Any, **transport: Any) -> "Completion":
+        choice = response.choices[0]
+        return cls(text=choice.message.content or "", finish_reason=choice.finish_reason,
+                   usage=usage_of(response), logprobs=choice.logprobs.content if choice.logprobs else None,
+                   **transport)
+
+
+def to_result(task: Task, completion: Completion, id: Any = None) -> Result:
+    """Parse a completion into a Result; an unparseable answer raises with the raw text attached."""
+    text = completion.text
     try:
-        verdict = task.parse(text, choice.logprobs.content if choice.logprobs else None)
+        if completion.finish_reason == "length":
+            # A verdict cut short may still parse to the wrong number ('2.6' of '2.69'): never accept it.
+            raise VerdictError(f"{task.name}: the answer was cut at max_tokens ({len(text)} characters); "
+                               f"raise max_tokens")
+        verdict = task.parse(text, completion.logprobs)
     except VerdictError as exc:
-        raise UnparseableVerdictError(str(exc), text) from None
-    return Result(task=task.name, verdict=verdict, text=text, usage=usage_of(completion),
-                  latency_s=time.perf_counter() - started, **extra)
+        error = UnparseableVerdictError(str(exc), text)
+        error.completion = completion
+        raise error from None
+    return Result(task=task.name, verdict=verdict, text=text, usage=completion.usage, latency_s=completion.latency_s,
+                  endpoint=completion.endpoint, attempts=completion.attempts, id=id)
 
 
-def usage_of(completion: Any) -> dict[str, int]:
-    if completion.usage is None:
+def usage_of(response: Any) -> dict[str, int]:
+    if getattr(response, "usage", None) is None:
         return {}
-    return {"prompt_tokens": completion.usage.prompt_tokens, "completion_tokens": completion.usage.completion_tokens}
+    return {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
 
 
 def translate_openai_error(exc: openai.OpenAIError) -> RequestFailedError:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Coroutine, Iterable, Sequence, TypeVar
+from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
 
 from prompts import Task
 
 from ._async import AsyncRewardClient, ItemLike, Progress
 from ._constants import DEFAULT_CONCURRENCY
-from ._core import Result
+from ._core import Completion, Result
 from .groups import GroupResult
 
 T = TypeVar("T")
@@ -45,24 +45,30 @@ class RewardClient:
         return self._async.model
 
     def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: bool = False,
-              debias: bool = False, max_tokens: int | None = None, **fields: str) -> Result:
+              debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
+              **fields: str) -> Result:
         """See AsyncRewardClient.score."""
         return self._run(self._async.score(task, media, constraint=constraint, logprobs=logprobs, debias=debias,
-                                           max_tokens=max_tokens, **fields))
+                                           max_tokens=max_tokens, extra_body=extra_body, **fields))
 
     def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
                     deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
-                    debias: bool = False, max_tokens: int | None = None, progress: Progress = False) -> list[Result]:
+                    debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
+                    progress: Progress = False) -> list[Result]:
         """See AsyncRewardClient.score_batch."""
         return self._run(self._async.score_batch(
             items, concurrency=concurrency, deadline_s=deadline_s, constraint=constraint, logprobs=logprobs,
-            debias=debias, max_tokens=max_tokens, progress=progress))
+            debias=debias, max_tokens=max_tokens, extra_body=extra_body, progress=progress))
 
     def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
                    logprobs: bool = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:
         """See AsyncRewardClient.rank_group."""
         return self._run(self._async.rank_group(task, media, pairs=pairs, debias=debias, logprobs=logprobs,
                                                 concurrency=concurrency, **fields))
+
+    def complete(self, request: dict[str, Any], *, stream: bool = False) -> Completion:
+        """See AsyncRewardClient.complete: one raw chat request through the same transport."""
+        return self._run(self._async.complete(request, stream=stream))
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -39,3 +39,4 @@ class UnparseableVerdictError(RewardError, VerdictError):
     def __init__(self, message: str, text: str):
         super().__init__(message)
         self.text = text
+        self.completion = None  # the server's full answer (usage, latency, endpoint), set by the client

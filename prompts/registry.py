@@ -39,6 +39,8 @@ class Task:
     max_tokens: int
     # Pairwise tasks: what swapping the pair means ("media" or "answers"); None for pointwise tasks.
     pairwise: str | None = None
+    # Tokens in a typical trained-model answer: what load tests fix the output length to.
+    typical_tokens: int = 0
 
     def render(self, **fields: str) -> str:
         """The prompt text: exactly `template.format(**fields)`, but a missing or unknown field is an error."""
@@ -131,6 +133,7 @@ def _load(text: str, origin: str) -> Task:
         output=build_format(name, data["output"]),
         max_tokens=int(data["output"]["max_tokens"]),
         pairwise=data["output"].get("pairwise"),
+        typical_tokens=int(data["output"]["typical_tokens"]),
     )
 
 

@@ -1,0 +1,69 @@
+"""The authors' request pattern, as their vllm_request.py does it (re-implemented here, not copied): a pool
+of worker threads, one requests.Session per thread, every image read from disk, converted to RGB and
+re-encoded as JPEG quality 95 at full size, base64 data URLs before the text, one POST per item."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import requests
+from PIL import Image
+
+
+class ReferenceClient:
+    def __init__(self, base_url: str, threads: int = 16, model: str = "UnifiedReward") -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.threads = threads
+        self.model = model
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    @staticmethod
+    def encode(path: Path) -> str:
+        with Image.open(path) as image:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+        return base64.b64encode(buffer.getvalue()).decode("utf-8")
+
+    def payload(self, images: Sequence[Path], prompt: str, max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{self.encode(p)}"}} for p in images]
+        content.append({"type": "text", "text": prompt})
+        return {"model": self.model, "messages": [{"role": "user", "content": content}], "do_sample": False,
+                "max_tokens": max_tokens, **extra}
+
+    def send(self, images: Sequence[Path], prompt: str, max_tokens: int, extra: dict[str, Any],
+             since: float | None = None) -> dict[str, Any]:
+        started = time.perf_counter() if since is None else since
+        try:
+            response = self._session().post(self.url, json=self.payload(images, prompt, max_tokens, extra), timeout=300)
+            response.raise_for_status()
+            usage = response.json().get("usage", {})
+            return {"ok": True, "latency_s": time.perf_counter() - started,
+                    "prompt_tokens": usage.get("prompt_tokens", 0)}
+        except requests.RequestException as exc:
+            return {"ok": False, "error": type(exc).__name__, "latency_s": time.perf_counter() - started}
+
+    def run(self, jobs: Sequence[tuple[Sequence[Path], str]], max_tokens: int, extra: dict[str, Any],
+            arrivals: Sequence[float] | None = None) -> tuple[float, list[dict[str, Any]]]:
+        """All jobs through the thread pool: closed loop, or submitted at `arrivals` (seconds from start)."""
+        with ThreadPoolExecutor(self.threads) as pool:
+            started = time.perf_counter()
+            futures = []
+            for k, (images, prompt) in enumerate(jobs):
+                since = None
+                if arrivals is not None:
+                    since = started + arrivals[k]
+                    time.sleep(max(0.0, since - time.perf_counter()))
+                futures.append(pool.submit(self.send, images, prompt, max_tokens, extra, since))
+            samples = [f.result() for f in futures]
+        return time.perf_counter() - started, samples
