@@ -28,9 +28,10 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-## side-by-side baselines on the tiny checkpoint: results/compare.json and results/compare.png
+## side-by-side baselines and a load sweep on the tiny checkpoint: results/{compare,load}.{json,png}
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
+	$(PY) -m benchmarks.load --serve-tiny --concurrency 1 8 32 64 --rate 1 2 --requests 32
 
 ## load test: BASE_URL=http://host:port/v1 for a running endpoint, else a tiny server for the run
 bench-load: setup
