@@ -212,15 +212,18 @@ class AsyncRewardClient:
         n = len(media)
         if n < 2:
             raise BadInputError(f"rank_group needs at least 2 candidates, got {n}")
-        encoded: list[Any] = []
         errors: dict[int, RewardError] = {}
-        for i, m in enumerate(media):  # each candidate encoded once, not once per pair
+
+        async def encode(i: int, candidate: Any) -> Any:
             try:
-                encoded.append(await asyncio.to_thread(encode_one, spec.media.kind, spec.media.frames, m,
-                                                       self.encode_options))
+                return await asyncio.to_thread(encode_one, spec.media.kind, spec.media.frames, candidate,
+                                               self.encode_options)
             except RewardError as exc:
-                encoded.append(None)
                 errors[i] = exc
+                return None
+
+        # Each candidate encoded once (not once per pair), all of them in parallel worker threads.
+        encoded = await asyncio.gather(*(encode(i, m) for i, m in enumerate(media)))
         chosen = all_pairs(n, pairs)
         semaphore = asyncio.Semaphore(concurrency)
         results: dict[tuple[int, int], Result] = {}
