@@ -152,7 +152,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax2.plot([r["rate"] for r in result["open_loop"]], [r["latency_s"]["p99"] for r in result["open_loop"]],
                  "^:", color="tab:red", label="open loop, by rate (top axis)")
         ax2.set_xlabel("offered requests/s (open loop)")
-        ax2.legend(loc="upper right")
+        ax2.legend(loc="lower right")
     axes[1].set(xscale="log", xlabel="concurrency", ylabel="p99 latency (s)", title="p99 latency")
     axes[1].legend(loc="upper left")
     fig.suptitle(f"{', '.join(result['config']['tasks'])} on {', '.join(result['config']['base_urls'])}", fontsize=9)
