@@ -2,7 +2,6 @@
 No network I/O here: the async client (and through it the sync twin) share it."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 

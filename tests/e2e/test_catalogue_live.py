@@ -6,7 +6,7 @@ import math
 import openai
 import pytest
 
-from clients import RewardClient, UnparseableVerdictError
+from clients import UnparseableVerdictError
 from clients._core import EncodeOptions, build_request, encode_media
 from prompts import TASKS, FinalScoreVerdict, RankVerdict, Task, get_task
 from tests.helpers import frames, picture
@@ -24,12 +24,6 @@ def media_for(task: Task, seed: int = 0) -> list:
 
 def fields_for(task: Task) -> dict[str, str]:
     return {f: FIELDS[f] for f in task.fields}
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    with RewardClient(live_server.base_url) as c:
-        yield c
 
 
 @pytest.mark.parametrize("name", [n for n, t in TASKS.items() if not t.free_reasoning])

@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from clients import BadInputError, RewardClient
+from clients import BadInputError
 from prompts import RankVerdict, ScoreVerdict, get_task
 from tests.helpers import picture
 
@@ -22,12 +22,6 @@ def jpeg_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=95)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    with RewardClient(live_server.base_url) as c:
-        yield c
 
 
 def test_models_lists_unifiedreward(live_server):
