@@ -3,19 +3,22 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= CodeGoat24/UnifiedReward-2.0-qwen3vl-2b
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# Empty: the config's (defaults.toml: 127.0.0.1:8000; PROFILE=shared listens on 0.0.0.0).
+HOST ?=
+PORT ?=
+# Serving profiles merged over the defaults: shared, data-parallel (serving/profiles/), comma-separated.
+PROFILE ?=
 # Built artefacts (the tiny checkpoint, logs) stay in the work tree, ignored by git.
 export UNIFIEDREWARD_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup serve demo test test-unit bench bench-load clean
+.PHONY: setup serve demo test test-unit bench bench-load soak clean
 
 setup:
 	@bash tools/setup_env.sh
 
-## serve MODEL (default: the real 2B model; MODEL=tiny for the test checkpoint) on HOST:PORT; ARGS= more vLLM flags
+## serve MODEL (default: the real 2B model; MODEL=tiny for the test checkpoint) on HOST:PORT with PROFILE; ARGS= more vLLM flags
 serve: setup
-	$(PY) -m serving --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+	$(PY) -m serving --model $(MODEL) $(if $(PROFILE),--profile $(PROFILE)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 ## start the tiny server, score one item per task through the client, print the verdicts, stop
 demo: setup
@@ -36,6 +39,10 @@ bench: setup
 ## load test: BASE_URL=http://host:port/v1 for a running endpoint, else a tiny server for the run
 bench-load: setup
 	$(PY) -m benchmarks.load $(if $(BASE_URL),--base-url $(BASE_URL),--serve-tiny) $(BENCH_ARGS)
+
+## soak run (not part of `make test`): 10 min at a steady rate, 5 % bad requests, two tiny replicas behind nginx
+soak: setup
+	$(PY) -m benchmarks.soak $(if $(BASE_URL),--base-url $(BASE_URL)) $(SOAK_ARGS)
 
 clean:
 	rm -rf .cache results .pytest_cache

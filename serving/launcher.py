@@ -1,10 +1,11 @@
 """Start vLLM's OpenAI-compatible server with this model's defaults.
 
-    python -m serving [--model M|tiny] [--host H] [--port P] [--log-file F] [--dry-run] [any vLLM flag ...]
+    python -m serving [--profile shared[,data-parallel]] [--model M|tiny] [--host H] [--port P]
+                      [--api-key-file F] [--log-file F] [--dry-run] [any vLLM flag ...]
 
-Any vLLM flag given here replaces the default of the same name (see serving/defaults.toml). The final
-command and the server's output are logged; when the server dies, the launcher exits with its code and a
-message that quotes the end of its log.
+Any vLLM flag given here replaces the default of the same name (see serving/defaults.toml and the profiles
+in serving/profiles/). The final command (API key masked) and the server's output are logged; when the
+server dies, the launcher exits with its code and a message that quotes the end of its log.
 """
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from .config import ServeConfig
+from .config import ServeConfig, available_profiles
+
+API_KEY_ENV = "UNIFIEDREWARD_API_KEY"
+API_KEY_FILE_ENV = "UNIFIEDREWARD_API_KEY_FILE"
+# vLLM reads its key from this variable when --api-key is not given: the key stays off the command line.
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+SECRET_FLAGS = ("--api-key",)
 
 log = logging.getLogger("serving")
 TINY = "tiny"
@@ -34,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Unknown --flags are passed to vLLM and override the defaults.",
     )
     parser.add_argument("--config", type=Path, help="a defaults file instead of serving/defaults.toml")
+    parser.add_argument("--profile", action="append", default=[], metavar="NAME[,NAME]",
+                        help=f"profiles merged over the defaults, in order ({', '.join(available_profiles())}, "
+                             "or a path to a .toml file)")
+    parser.add_argument("--api-key-file", type=Path,
+                        help=f"file holding the API key (else ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
     parser.add_argument("--model", help=f"model id or folder; '{TINY}' builds and serves the tiny test checkpoint")
     parser.add_argument("--host", help="address to bind (default from the config: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
@@ -47,12 +59,65 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespac
     args, vllm_overrides = parser.parse_known_args(argv)
     if vllm_overrides[:1] == ["--"]:
         vllm_overrides = vllm_overrides[1:]
+    profiles = [name for value in args.profile for name in value.split(",") if name]
     try:
-        config = ServeConfig.load(args.config).override(
+        config = ServeConfig.load(args.config, profiles).override(
             model=args.model, host=args.host, port=args.port, extra_args=vllm_overrides)
     except ValueError as exc:
         parser.error(str(exc))
     return args, config
+
+
+class MissingApiKeyError(RuntimeError):
+    """A profile requires an API key and none was given."""
+
+
+def read_api_key(key_file: Path | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The API key: from --api-key-file, else the file named by $UNIFIEDREWARD_API_KEY_FILE, else
+    $UNIFIEDREWARD_API_KEY, else $VLLM_API_KEY (vLLM's own variable). Surrounding whitespace is dropped."""
+    file_name = key_file or environ.get(API_KEY_FILE_ENV)
+    if file_name:
+        try:
+            key = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise MissingApiKeyError(f"cannot read the API key file {file_name}: {exc.strerror}") from None
+        if not key:
+            raise MissingApiKeyError(f"the API key file {file_name} is empty")
+        return key
+    key = (environ.get(API_KEY_ENV) or environ.get(VLLM_API_KEY_ENV) or "").strip()
+    return key or None
+
+
+def server_environment(config: ServeConfig, key_file: Path | None = None,
+                       environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The server's environment: the config's defaults, the caller's environment over them, the API key."""
+    env = {**config.env, **environ}
+    key = read_api_key(key_file, environ)
+    on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
+    if config.require_api_key and not key and not on_command_line:
+        raise MissingApiKeyError(
+            f"profile {'+'.join(config.profiles)} requires an API key: set ${API_KEY_ENV}, or "
+            f"${API_KEY_FILE_ENV} / --api-key-file to a file holding it")
+    if key:
+        env[VLLM_API_KEY_ENV] = key
+    return env
+
+
+def masked(command: Sequence[str]) -> str:
+    """The command for the log, with secret flag values replaced."""
+    shown, hide_next = [], False
+    for token in command:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif token in SECRET_FLAGS:
+            shown.append(token)
+            hide_next = True
+        elif token.split("=", 1)[0] in SECRET_FLAGS:
+            shown.append(token.split("=", 1)[0] + "=***")
+        else:
+            shown.append(token)
+    return shlex.join(shown)
 
 
 def _die_with_parent() -> None:
@@ -63,15 +128,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(config: ServeConfig, log_file: Path | None = None) -> int:
+def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None = None) -> int:
+    try:
+        env = server_environment(config, key_file)
+    except MissingApiKeyError as exc:
+        log.error("%s", exc)
+        return 2
     if config.model == TINY:
         from .tiny import ensure_checkpoint  # needs torch + transformers: only loaded when asked for
 
         log.info("building or reusing the tiny checkpoint")
         config = config.override(model=str(ensure_checkpoint()))
     command = config.command()
-    env = {**config.env, **os.environ}  # the caller's environment wins over the file's defaults
-    log.info("starting: %s", shlex.join(command))
+    if config.profiles:
+        log.info("profiles: %s%s", ", ".join(config.profiles),
+                 "; API key required (given)" if config.require_api_key else "")
+    log.info("starting: %s", masked(command))
 
     tail: collections.deque[str] = collections.deque(maxlen=40)
     sink = open(log_file, "a", encoding="utf-8") if log_file else None
@@ -112,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     args, config = resolve_config(argv)
     if args.dry_run:
-        print(shlex.join(config.command()))
+        print(masked(config.command()))
         return 0
-    return run(config, args.log_file)
+    return run(config, args.log_file, args.api_key_file)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,48 @@ def test_launcher_exits_nonzero_with_a_clear_message_when_the_server_dies(tmp_pa
     assert proc.returncode != 0
     assert "the vLLM server exited with code" in proc.stderr
     assert "no-such-model" in proc.stderr  # the quoted end of the server's log names the cause
+
+
+# -- profiles and the API key ------------------------------------------------------------------------------
+
+from serving.launcher import MissingApiKeyError, masked, server_environment  # noqa: E402
+
+
+def test_shared_profile_merges_over_the_defaults_and_parses():
+    config = ServeConfig.load(profiles=["shared"])
+    parsed = vllm_parse(config.vllm_args())
+    assert config.require_api_key and parsed.host == "0.0.0.0"
+    assert parsed.middleware == ["serving.guard.RequestGuard"]
+    assert parsed.enable_log_requests is False and parsed.max_log_len == 0
+    assert parsed.allowed_local_media_path in ("", None) and not parsed.allowed_media_domains
+    assert parsed.limit_mm_per_prompt["image"] == 16  # the defaults are still there
+    assert config.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0" and "UNIFIEDREWARD_MAX_BODY_BYTES" in config.env
+
+
+def test_make_style_profile_list_and_unknown_profile():
+    _, config = resolve_config(["--profile", "shared,data-parallel", "--host", "127.0.0.1"])
+    assert config.profiles == ("shared", "data-parallel") and config.host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        resolve_config(["--profile", "sharde"])
+
+
+def test_api_key_is_required_read_from_env_or_file_and_never_on_the_command_line(tmp_path):
+    config = ServeConfig.load(profiles=["shared"])
+    with pytest.raises(MissingApiKeyError, match="UNIFIEDREWARD_API_KEY"):
+        server_environment(config, environ={})
+    assert server_environment(config, environ={"UNIFIEDREWARD_API_KEY": " sk-1\n"})["VLLM_API_KEY"] == "sk-1"
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    env = server_environment(config, environ={"UNIFIEDREWARD_API_KEY_FILE": str(key_file)})
+    assert env["VLLM_API_KEY"] == "sk-from-file"
+    assert "sk-from-file" not in " ".join(config.command())
+    with pytest.raises(MissingApiKeyError, match="empty"):
+        key_file.write_text("\n")
+        server_environment(config, key_file=key_file, environ={})
+    # The default profile needs none.
+    assert "VLLM_API_KEY" not in server_environment(ServeConfig.load(), environ={})
+
+
+def test_logged_command_masks_a_key_given_as_a_flag():
+    shown = masked(["python", "-m", "x", "--api-key", "sk-secret", "--port", "1", "--api-key=sk-two"])
+    assert "sk-secret" not in shown and "sk-two" not in shown and "--port 1" in shown
