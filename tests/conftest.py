@@ -1,9 +1,12 @@
 """Shared fixtures. The end-to-end tests talk over HTTP to the real vLLM server on the tiny checkpoint,
-started once per test session, and early: it boots while the unit tests run. A second replica is started
-the same way only when a collected test asks for it."""
+started once per test session, and early: it boots while the unit tests run. The other servers (the
+`shared` profile and a second replica in that profile) are started the same way, only when a collected
+test asks. Three servers is what the machine's memory holds (~6 GB each), so the two replica-kill tests
+share the second replica: a killed replica is started again right after the test that killed it."""
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,17 @@ import pytest
 from serving.process import ServerDiedError, ServerProcess
 
 REFERENCE = Path(__file__).parent / "data" / "unifiedreward-tasks.json"
-SERVER_FIXTURES = ("live_server", "second_server")
+# A fresh key per session: the shared-profile tests also check that it never reaches a log.
+API_KEY = "sk-test-" + secrets.token_urlsafe(16)
+# The tiny model needs little KV cache; 1 GiB per server keeps three of them inside the machine's memory.
+_SMALL = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+_SHARED = (["--model", "tiny", "--profile", "shared"], {**_SMALL, "UNIFIEDREWARD_API_KEY": API_KEY})
+SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "live_server": (["--model", "tiny"], _SMALL),
+    "shared_server": _SHARED,
+    "second_server": _SHARED,
+}
+SERVER_FIXTURES = tuple(SERVERS)
 _servers: dict[str, ServerProcess] = {}
 
 
@@ -38,7 +51,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if name in wanted and name not in _servers:
             log_path = log_dir / f"vllm-{name}.log"
             log_path.unlink(missing_ok=True)
-            _servers[name] = ServerProcess(["--model", "tiny"], log_path=log_path).start()
+            args, env = SERVERS[name]
+            _servers[name] = ServerProcess(args, env=env, log_path=log_path).start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -61,9 +75,26 @@ def live_server() -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def shared_server() -> ServerProcess:
+    """The `shared` profile (API key, request guard, limits): stays up for the whole session."""
+    return _ready("shared_server")
+
+
+@pytest.fixture
 def second_server() -> ServerProcess:
-    """A second replica, for the several-endpoint tests (one test stops it)."""
-    return _ready("second_server")
+    """A second replica (`shared` profile) for the replica-kill tests. A test may kill it: it is started
+    again at once, and the next test that asks for it waits until it is ready."""
+    server = _servers.get("second_server")
+    if server is not None and server.proc is not None and server.proc.poll() is not None:
+        server.start()
+    yield _ready("second_server")
+    if server is not None and server.proc is not None and server.proc.poll() is not None:
+        server.start()  # boots while the other tests run
 
 
 @pytest.hookimpl(hookwrapper=True)
