@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-url", action="append", help="repeat for several endpoints")
     parser.add_argument("--serve-tiny", action="store_true",
                         help="start the tiny-checkpoint server for this run (implies --fixed-output)")
-    parser.add_argument("--api-key", default="EMPTY")
+    parser.add_argument("--api-key", default=None, help="API key (default: $UNIFIEDREWARD_API_KEY)")
     parser.add_argument("--model", default="UnifiedReward")
     parser.add_argument("--task", action="append", help=f"task[=weight], repeatable (default {DEFAULT_TASK})")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 64])

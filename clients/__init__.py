@@ -4,12 +4,14 @@ verdicts and rewards. `AsyncRewardClient` is the core; `RewardClient` its synchr
 from ._async import AsyncRewardClient
 from ._core import Completion, Item, Result, build_request
 from .client import RewardClient
-from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError, UnparseableVerdictError
+from .errors import (AuthenticationError, BadInputError, DeadlineExceededError, InputRejectedError, RequestFailedError,
+                     RewardError, UnparseableVerdictError)
 from .groups import GroupResult
 from .media import encode_image, smart_resize, video_frames
 
 __all__ = [
     "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult", "Completion", "build_request",
-    "RewardError", "BadInputError", "RequestFailedError", "DeadlineExceededError", "UnparseableVerdictError",
+    "RewardError", "BadInputError", "RequestFailedError", "AuthenticationError",
+    "InputRejectedError", "DeadlineExceededError", "UnparseableVerdictError",
     "encode_image", "smart_resize", "video_frames",
 ]

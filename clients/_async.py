@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import dataclasses
 import random
@@ -14,10 +15,10 @@ import openai
 
 from prompts import Task
 
-from ._constants import (DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_IMAGE_FORMAT,
+from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_IMAGE_FORMAT,
                          DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, ENCODE_AHEAD,
                          ENDPOINT_DOWN_STATUS, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_BASE_S,
-                         RETRY_BACKOFF_MAX_S)
+                         RETRY_BACKOFF_MAX_S, UNFINISHED_REASONS)
 from ._core import (VIDEO_MODES, Completion, EncodeOptions, Item, Result, build_request, encode_media, encode_one,
                     orders_agree, resolve_task, swap_pair, to_result, translate_openai_error, usage_of)
 from ._endpoints import Endpoint, EndpointPool
@@ -43,7 +44,7 @@ class AsyncRewardClient:
             results = await client.score_batch(items, concurrency=64)
     """
 
-    def __init__(self, base_url: str | Sequence[str] = DEFAULT_BASE_URL, *, api_key: str = DEFAULT_API_KEY,
+    def __init__(self, base_url: str | Sequence[str] = DEFAULT_BASE_URL, *, api_key: str | None = None,
                  model: str = DEFAULT_MODEL, timeout: float = DEFAULT_TIMEOUT_S,
                  max_retries: int = DEFAULT_MAX_RETRIES, image_format: str = DEFAULT_IMAGE_FORMAT,
                  jpeg_quality: int = DEFAULT_JPEG_QUALITY, min_pixels: int = MIN_PIXELS,
@@ -53,6 +54,7 @@ class AsyncRewardClient:
             raise ValueError("give at least one base URL")
         if video_mode not in VIDEO_MODES:
             raise ValueError(f"video_mode must be one of {VIDEO_MODES}")
+        api_key = api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
         self.model = model
         self.max_retries = max_retries
         self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode)
@@ -94,8 +96,16 @@ class AsyncRewardClient:
                     if not last.retryable:
                         raise last from exc
                 else:
-                    self.pool.mark_ok(endpoint)
-                    return completion
+                    if completion.finish_reason not in UNFINISHED_REASONS:
+                        self.pool.mark_ok(endpoint)
+                        return completion
+                    # vLLM answers 200 with the partial text of a request it aborted (a replica shutting
+                    # down) or failed inside the engine: that text is no verdict, so try again elsewhere.
+                    self.pool.mark_failed(endpoint)
+                    last = RequestFailedError(f"the server ended the request early (finish_reason="
+                                              f"{completion.finish_reason!r}, {len(completion.text)} characters)",
+                                              retryable=True)
+                    last.attempts = attempt
             if attempt <= self.max_retries:
                 await asyncio.sleep(backoff_s(attempt))
         assert last is not None

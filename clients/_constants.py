@@ -2,7 +2,8 @@
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "UnifiedReward"  # the served model name the authors' clients send
-DEFAULT_API_KEY = "EMPTY"  # vLLM needs no key unless started with --api-key
+DEFAULT_API_KEY = "EMPTY"  # vLLM needs no key unless started with one (the `shared` profile requires it)
+API_KEY_ENV = "UNIFIEDREWARD_API_KEY"  # read when no api_key is given, like openai's OPENAI_API_KEY
 
 # Time and retries. A request is retried only on failures that may pass: connection errors, timeouts,
 # 408, 409, 429 and 5xx; never on a 4xx that names the input.
@@ -36,3 +37,6 @@ MAX_PIXELS = 262144
 # The authors' own client sends JPEG at quality 95; we keep their input distribution.
 DEFAULT_IMAGE_FORMAT = "JPEG"
 DEFAULT_JPEG_QUALITY = 95
+# finish_reason values of a 200 answer that carries no finished output (vLLM: aborted, e.g. by a replica
+# shutting down, or failed in the engine): retried like a 503.
+UNFINISHED_REASONS = frozenset({"abort", "error"})

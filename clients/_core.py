@@ -10,7 +10,8 @@ import openai
 from prompts import PromptsError, Task, Verdict, VerdictError, get_task
 
 from ._constants import RETRYABLE_STATUS
-from .errors import BadInputError, RequestFailedError, RewardError, UnparseableVerdictError
+from .errors import (AuthenticationError, BadInputError, InputRejectedError, RequestFailedError, RewardError,
+                     UnparseableVerdictError)
 from .media import encode_image, encode_video_url, is_url, video_frames
 
 CONSTRAINTS = ("auto", "verdict", "none")
@@ -240,8 +241,12 @@ def usage_of(response: Any) -> dict[str, int]:
 def translate_openai_error(exc: openai.OpenAIError) -> RequestFailedError:
     """One boundary where the openai package's errors become ours, marked retryable or not."""
     if isinstance(exc, openai.APIStatusError):
-        return RequestFailedError(f"server answered {exc.status_code}: {exc.message}", status_code=exc.status_code,
-                                  retryable=exc.status_code in RETRYABLE_STATUS)
+        status = exc.status_code
+        kind = (AuthenticationError if status in (401, 403)
+                else InputRejectedError if 400 <= status < 500 and status not in RETRYABLE_STATUS
+                else RequestFailedError)
+        return kind(f"server answered {status}: {exc.message}", status_code=status,
+                    retryable=status in RETRYABLE_STATUS)
     if isinstance(exc, openai.APITimeoutError):
         return RequestFailedError(f"request timed out: {exc}", retryable=True)
     if isinstance(exc, openai.APIConnectionError):

@@ -31,7 +31,7 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-url", action="append", dest="base_urls", metavar="URL",
                        help=f"an OpenAI-compatible base URL; repeat for several endpoints "
                             f"(default: $UNIFIEDREWARD_BASE_URL or {DEFAULT_BASE_URL})")
-    group.add_argument("--api-key", default=os.environ.get("UNIFIEDREWARD_API_KEY", "EMPTY"),
+    group.add_argument("--api-key", default=None,
                        help="API key (default: $UNIFIEDREWARD_API_KEY)")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default: {DEFAULT_MODEL})")
     group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request attempt")

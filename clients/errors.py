@@ -3,6 +3,8 @@
     RewardError
     ├── BadInputError           the item cannot be sent (unknown task, fields, unreadable media, count)
     ├── RequestFailedError      the server was unreachable or answered an error, after retries
+    │   ├── AuthenticationError     401/403: no or a wrong API key (the `shared` profile requires one)
+    │   ├── InputRejectedError      another 4xx: the server refused this item's request (message says why)
     │   └── DeadlineExceededError   the batch's overall deadline passed first
     └── UnparseableVerdictError the server answered, but the text holds no valid verdict (also a VerdictError)
 """
@@ -27,6 +29,14 @@ class RequestFailedError(RewardError):
         self.status_code = status_code
         self.retryable = retryable
         self.attempts = 0  # requests made, set by the client
+
+
+class AuthenticationError(RequestFailedError):
+    """The server wants an API key (401) or refuses this one (403): pass api_key= or $UNIFIEDREWARD_API_KEY."""
+
+
+class InputRejectedError(RequestFailedError):
+    """The server refused the request as bad input (400, 404, 413, 422): the message names the problem."""
 
 
 class DeadlineExceededError(RequestFailedError):

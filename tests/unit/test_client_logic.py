@@ -122,3 +122,44 @@ def test_read_items_keeps_bad_lines_in_place(tmp_path):
     assert [type(e).__name__ for e in entries] == ["Item", "Result", "Result", "Result"]
     assert "line 3: invalid JSON" in entries[1].error and "line 4" in entries[2].error and entries[2].id == 2
     assert all(isinstance(e.exception, RewardError) for e in entries[1:])
+
+
+def _chat_response(text: str, finish_reason: str) -> dict:
+    """The shape of a vLLM chat completion (recorded from the live server, values trimmed)."""
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "UnifiedReward",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason, "logprobs": None}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
+
+
+def test_aborted_answers_are_retried_elsewhere_and_4xx_are_typed():
+    from clients import AsyncRewardClient, AuthenticationError, InputRejectedError
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "dying":  # a replica shutting down answers 200 with the partial text
+            return httpx.Response(200, json=_chat_response("Im", "abort"))
+        if request.headers["authorization"] != "Bearer sk-good":
+            return httpx.Response(401, json={"error": "Unauthorized"})
+        if b"bad" in request.content:
+            return httpx.Response(400, json={"error": {"message": "image is not an image", "code": 400}})
+        return httpx.Response(200, json=_chat_response("Image 1 is better.", "stop"))
+
+    async def scenario():
+        request = {"model": "UnifiedReward", "messages": [{"role": "user", "content": "x"}]}
+        async with AsyncRewardClient(["http://dying/v1", "http://healthy/v1"], api_key="sk-good") as client:
+            client._http._transport = httpx.MockTransport(handler)
+            completion = await client.complete(request)
+            assert completion.text == "Image 1 is better." and completion.endpoint == "http://healthy/v1"
+            with pytest.raises(InputRejectedError, match="not an image"):
+                await client.complete({**request, "messages": [{"role": "user", "content": "bad"}]})
+        async with AsyncRewardClient("http://healthy/v1", api_key="sk-wrong") as client:
+            client._http._transport = httpx.MockTransport(handler)
+            with pytest.raises(AuthenticationError) as refused:
+                await client.complete(request)
+            assert refused.value.attempts == 1  # not retried
+
+    asyncio.run(scenario())
+    assert "dying" in seen and seen.count("healthy") >= 3
