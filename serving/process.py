@@ -93,6 +93,16 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 continue
 
+    def kill(self) -> None:
+        """SIGKILL to the whole process group at once: a replica dying without warning."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.proc.wait(30)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-lines:])

@@ -24,6 +24,19 @@ else
   flavour=cpu
 fi
 
+# System programs from Debian's packages: nginx (the front load balancer of serving/frontend.py) and kubectl
+# (`kubectl kustomize` in the manifest tests; Debian's kubernetes-client when none is installed).
+need=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+if (( ${#need[@]} )); then
+  echo "setup: installing ${need[*]} (Debian packages)"
+  sudo=(); [[ $(id -u) == 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+
 # What decides the install: change any of these and setup runs again.
 want=$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)-$flavour-$EXTRAS
 stamp="$VENV/.setup-stamp"

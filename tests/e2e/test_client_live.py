@@ -79,11 +79,12 @@ def test_batch_of_200_with_10_percent_bad_items(live_server, images):
             assert r.verdict is None and r.attempts == 0
 
 
-def test_two_endpoints_one_stopped_mid_batch(live_server, second_server, images):
-    """Every item still gets exactly one result, and all are scored: the survivor takes over."""
+def test_two_endpoints_one_stopped_mid_batch(live_server, second_server, api_key, images):
+    """Every item still gets exactly one result, and all are scored: the survivor takes over. (The second
+    replica runs the `shared` profile and wants the key; the first has none and ignores it.)"""
     items = [Item("image_gen.pair_rank", [images["good"][i % 12], images["good"][(i + 5) % 12]],
                   {"caption": CAPTION}, id=i) for i in range(200)]
-    with RewardClient(second_server.base_url) as warm_up:  # a fresh replica's first requests are slow
+    with RewardClient(second_server.base_url, api_key=api_key) as warm_up:  # a fresh replica's first requests are slow
         assert all(r.ok for r in warm_up.score_batch(items[:4]))
     done = []
     stopper = threading.Thread(target=second_server.stop)
@@ -95,7 +96,7 @@ def test_two_endpoints_one_stopped_mid_batch(live_server, second_server, images)
         if not stopper.ident and sum(r.endpoint == second_server.base_url for r in done) >= 3:
             stopper.start()
 
-    client = RewardClient([live_server.base_url, second_server.base_url], max_retries=4)
+    client = RewardClient([live_server.base_url, second_server.base_url], api_key=api_key, max_retries=4)
     try:
         results = client.score_batch(items, concurrency=16, progress=on_result)
         endpoints = client._async.pool.endpoints

@@ -1,0 +1,66 @@
+"""Two `shared` replicas behind one front address (nginx, least connections): one is killed mid-batch.
+
+Nothing is lost (every item gets its one result, all scored) and nothing is scored twice: nginx's access
+log shows exactly one successful upstream answer per item.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from clients import Item, RewardClient
+from serving.frontend import FrontProxy, find_nginx
+from serving.process import free_port
+from tests.helpers import picture
+
+N = 60
+
+
+@pytest.fixture
+def front(shared_server, second_server, tmp_path):
+    try:
+        find_nginx()
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc}: `make setup` installs it", pytrace=False)
+    upstreams = [f"{s.host}:{s.port}" for s in (shared_server, second_server)]
+    with FrontProxy(upstreams, port=free_port(), prefix=tmp_path / "nginx") as proxy:
+        yield proxy
+
+
+def upstream_answers(proxy: FrontProxy) -> list[tuple[str, str]]:
+    """(replica, status) for every upstream attempt of every POST in nginx's access log."""
+    out = []
+    for line in proxy.access_log.read_text().splitlines():
+        fields = line.split()
+        if '"POST' not in line:
+            continue
+        addrs, statuses = fields[5].split(","), fields[6].split(",")
+        out += [(a.strip(), s.strip()) for a, s in zip(addrs, statuses)]
+    return out
+
+
+def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_server, second_server, api_key):
+    victim = f"{second_server.host}:{second_server.port}"
+    survivor = f"{shared_server.host}:{shared_server.port}"
+    items = [Item("image_gen.pair_rank", [picture(i, 256), picture(i + 100, 256)], {"caption": "a red circle"}, id=i)
+             for i in range(N)]
+    killer = threading.Thread(target=second_server.kill)
+
+    def on_result(_result) -> None:
+        if not killer.ident and sum(a == (victim, "200") for a in upstream_answers(front)) >= 3:
+            killer.start()
+
+    with RewardClient(front.url + "/v1", api_key=api_key, max_retries=4) as client:
+        results = client.score_batch(items, concurrency=8, progress=on_result)
+    if killer.ident:
+        killer.join()
+    assert killer.ident is not None, "the replica was never killed"
+    assert not second_server.healthy()
+    assert [r.id for r in results] == list(range(N))
+    assert all(r.ok for r in results), [str(r.error) for r in results if not r.ok][:3]
+    answers = upstream_answers(front)
+    successes = [a for a in answers if a[1] == "200"]
+    assert len(successes) == N, "every item answered exactly once by a replica"
+    assert {a for a, _ in successes} == {victim, survivor}  # both replicas served this batch
+    assert sum(a == survivor for a, _ in successes) > sum(a == victim for a, _ in successes)
