@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
 import sys
@@ -38,21 +39,33 @@ TASK = "image_gen.pair_rank"
 CAPTION = "a red circle above a blue square"
 
 
-def group_pss_mb(server: ServerProcess) -> float | None:
-    """Proportional set size of the server's whole process group (launcher, API server, engine), in MB."""
-    if server.proc is None:
-        return None
-    total_kb = 0
-    for status in Path("/proc").glob("[0-9]*/stat"):
+def _parents() -> dict[int, int]:
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != server.proc.pid:  # field 5 of stat: the process group
-                continue
-            rollup = (status.parent / "smaps_rollup").read_text()
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
+    return out
+
+
+def tree_pss_mb(root: int) -> float | None:
+    """Proportional set size of a process and all its descendants (launcher, API server, engine core,
+    workers), in MB: shared pages counted once across them, unlike RSS."""
+    parents = _parents()
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    total_kb = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
         total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
-    return total_kb / 1024
+    return total_kb / 1024 if total_kb else None
 
 
 def bad_bodies() -> list[tuple[str, dict[str, Any]]]:
@@ -76,6 +89,10 @@ async def run(args: argparse.Namespace, base_url: str, memory: Callable[[], dict
     memory_samples: list[tuple[float, dict[str, float | None]]] = []
     async with AsyncRewardClient(base_url, api_key=args.api_key, max_retries=2) as client:
         options = client.encode_options
+        # Warm-up, not measured: each replica's first requests compile and allocate.
+        warm = [build_request(task, encode_media(task, [synthetic_image(10**9 + k, args.image_size)] * 2, options),
+                              {"caption": CAPTION}, model=client.model) for k in range(args.warmup)]
+        await asyncio.gather(*(client.complete(r) for r in warm))
 
         async def one(i: int, scheduled: float) -> None:
             started = time.perf_counter()
@@ -201,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--memory-every", type=float, default=30.0, help="seconds between memory samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests before the clock starts")
     parser.add_argument("--base-url", help="a running endpoint (else two tiny replicas + nginx are started)")
     parser.add_argument("--api-key", default=None, help="API key (default: $UNIFIEDREWARD_API_KEY)")
     parser.add_argument("--out", type=Path, default=Path("results/soak.json"))
@@ -217,18 +235,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.api_key = args.api_key or "sk-soak-" + secrets.token_urlsafe(12)
             log_dir = args.out.parent / "soak-logs"
             env = {"UNIFIEDREWARD_API_KEY": args.api_key, "VLLM_CPU_KVCACHE_SPACE": "2"}
-            replicas = [ServerProcess(["--model", "tiny", "--profile", "shared"], env=env,
-                                      log_path=log_dir / f"replica-{n}.log") for n in (1, 2)]
+            # vLLM's CPU build binds every engine's threads to core 0 by default: two replicas on one core
+            # starve each other (an engine stalled 60 s in a trial run). One core each instead.
+            cores = os.cpu_count() or 1
+            replicas = [ServerProcess(["--model", "tiny", "--profile", "shared"],
+                                      env={**env, "VLLM_CPU_OMP_THREADS_BIND": str(n % cores)},
+                                      log_path=log_dir / f"replica-{n + 1}.log") for n in range(2)]
             for replica in replicas:
                 stack.callback(replica.stop)
                 replica.start()
             print("soak: starting two tiny replicas (shared profile) ...", flush=True)
             for replica in replicas:
                 replica.wait_ready()
+            (log_dir / "nginx" / "access.log").unlink(missing_ok=True)
             front = stack.enter_context(FrontProxy([f"{r.host}:{r.port}" for r in replicas], port=free_port(),
                                                    prefix=log_dir / "nginx"))
             base_url = front.url + "/v1"
-            memory = lambda: {f"replica {n}": group_pss_mb(r) for n, r in enumerate(replicas, 1)}  # noqa: E731
+            memory = lambda: {f"replica {n}": tree_pss_mb(r.proc.pid) for n, r in enumerate(replicas, 1)}  # noqa: E731
         result = asyncio.run(run(args, base_url, memory))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -6,6 +6,7 @@ share the second replica: a killed replica is started again right after the test
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -18,11 +19,15 @@ REFERENCE = Path(__file__).parent / "data" / "unifiedreward-tasks.json"
 API_KEY = "sk-test-" + secrets.token_urlsafe(16)
 # The tiny model needs little KV cache; 1 GiB per server keeps three of them inside the machine's memory.
 _SMALL = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-_SHARED = (["--model", "tiny", "--profile", "shared"], {**_SMALL, "UNIFIEDREWARD_API_KEY": API_KEY})
+_SHARED = ["--model", "tiny", "--profile", "shared"]
+_KEY = {"UNIFIEDREWARD_API_KEY": API_KEY}
+# vLLM's CPU build binds each engine to core 0 unless told otherwise; two engines on one core can starve
+# each other for a minute. The replica-kill tests pair live+second and shared+second: shared gets core 1.
+_CORES = os.cpu_count() or 1
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "live_server": (["--model", "tiny"], _SMALL),
-    "shared_server": _SHARED,
-    "second_server": _SHARED,
+    "live_server": (["--model", "tiny"], {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
+    "shared_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES)}),
+    "second_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
 }
 SERVER_FIXTURES = tuple(SERVERS)
 _servers: dict[str, ServerProcess] = {}

@@ -101,6 +101,7 @@ def test_shared_profile_merges_over_the_defaults_and_parses():
     assert parsed.enable_log_requests is False and parsed.max_log_len == 0
     assert parsed.allowed_local_media_path in ("", None) and not parsed.allowed_media_domains
     assert parsed.limit_mm_per_prompt["image"] == 16  # the defaults are still there
+    assert parsed.mm_processor_cache_gb == 1  # bounded memory (README, soak run)
     assert config.env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0" and "UNIFIEDREWARD_MAX_BODY_BYTES" in config.env
 
 
