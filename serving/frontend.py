@@ -34,6 +34,18 @@ def render(upstreams: Sequence[str], listen: str, prefix: Path, max_body: str = 
     return template.format(prefix=prefix, servers=servers, listen=listen, max_body=max_body)
 
 
+def upstream_answers(access_log: str | Path) -> list[tuple[str, str]]:
+    """(replica, status) for every upstream attempt of every POST in the access log, in order: a request
+    that nginx moved on from a dead replica has two attempts, e.g. ("10.0.0.1:8000", "502") then
+    ("10.0.0.2:8000", "200")."""
+    out = []
+    for line in Path(access_log).read_text(encoding="utf-8").splitlines():
+        _time, _id, request, _status, addrs, statuses, _seconds = line.split("|")
+        if request.startswith("POST"):
+            out += [(a.strip(), s.strip()) for a, s in zip(addrs.split(","), statuses.split(","))]
+    return out
+
+
 def find_nginx() -> str:
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and os.access(candidate, os.X_OK):

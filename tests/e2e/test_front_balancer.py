@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from clients import Item, RewardClient
-from serving.frontend import FrontProxy, find_nginx
+from serving.frontend import FrontProxy, find_nginx, upstream_answers
 from serving.process import free_port
 from tests.helpers import picture
 
@@ -28,18 +28,6 @@ def front(shared_server, second_server, tmp_path):
         yield proxy
 
 
-def upstream_answers(proxy: FrontProxy) -> list[tuple[str, str]]:
-    """(replica, status) for every upstream attempt of every POST in nginx's access log."""
-    out = []
-    for line in proxy.access_log.read_text().splitlines():
-        fields = line.split()
-        if '"POST' not in line:
-            continue
-        addrs, statuses = fields[5].split(","), fields[6].split(",")
-        out += [(a.strip(), s.strip()) for a, s in zip(addrs, statuses)]
-    return out
-
-
 def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_server, second_server, api_key):
     victim = f"{second_server.host}:{second_server.port}"
     survivor = f"{shared_server.host}:{shared_server.port}"
@@ -48,7 +36,7 @@ def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_
     killer = threading.Thread(target=second_server.kill)
 
     def on_result(_result) -> None:
-        if not killer.ident and sum(a == (victim, "200") for a in upstream_answers(front)) >= 3:
+        if not killer.ident and sum(a == (victim, "200") for a in upstream_answers(front.access_log)) >= 3:
             killer.start()
 
     with RewardClient(front.url + "/v1", api_key=api_key, max_retries=4) as client:
@@ -59,7 +47,7 @@ def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_
     assert not second_server.healthy()
     assert [r.id for r in results] == list(range(N))
     assert all(r.ok for r in results), [str(r.error) for r in results if not r.ok][:3]
-    answers = upstream_answers(front)
+    answers = upstream_answers(front.access_log)
     successes = [a for a in answers if a[1] == "200"]
     assert len(successes) == N, "every item answered exactly once by a replica"
     assert {a for a, _ in successes} == {victim, survivor}  # both replicas served this batch
