@@ -6,6 +6,7 @@ shared-endpoint tests (tests/e2e/test_shared_endpoint.py, tests/unit/test_guard.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import struct
@@ -30,6 +31,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache  # ~0.4 s to compress; every caller of cases() needs the same bytes
 def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
     """A valid PNG of width x height black pixels that compresses to ~100 KB: cheap to send, dear to decode."""
     row = b"\x00" + b"\x00" * width  # filter byte + one grey byte per pixel
