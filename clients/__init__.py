@@ -2,7 +2,8 @@
 through the `openai` package with bounded concurrency across one or more endpoints, and returns typed
 verdicts and rewards. `AsyncRewardClient` is the core; `RewardClient` its synchronous twin."""
 from ._async import AsyncRewardClient
-from ._core import Completion, Item, Result, build_request
+from ._constants import MAX_PIXELS, MIN_PIXELS
+from ._core import Completion, EncodeOptions, Item, Result, build_request, encode_media
 from .client import RewardClient
 from .errors import (AuthenticationError, BadInputError, DeadlineExceededError, InputRejectedError, RequestFailedError,
                      RewardError, UnparseableVerdictError)
@@ -10,7 +11,8 @@ from .groups import GroupResult
 from .media import encode_image, smart_resize, video_frames
 
 __all__ = [
-    "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult", "Completion", "build_request",
+    "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult", "Completion",
+    "build_request", "encode_media", "EncodeOptions", "MIN_PIXELS", "MAX_PIXELS",
     "RewardError", "BadInputError", "RequestFailedError", "AuthenticationError",
     "InputRejectedError", "DeadlineExceededError", "UnparseableVerdictError",
     "encode_image", "smart_resize", "video_frames",
