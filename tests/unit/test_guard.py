@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from serving.guard import Limits, Refused, RequestGuard, check_request
-from benchmarks.bad_requests import cases, chat, data_url, default_png, good_request, image_part
+from testkit.bad_requests import cases, chat, data_url, default_png, good_request, image_part
 
 ARGS = SimpleNamespace(limit_mm_per_prompt={"image": 16, "video": {"count": 2}}, allowed_media_domains=["cdn.example.org"],
                        api_key=["sk-test"])

@@ -9,9 +9,9 @@ import tomllib
 import pytest
 import yaml
 
-from serving import k8s
 from serving.config import ServeConfig, profile_path
-from tests.unit.test_serving_config import vllm_parse
+from tests.helpers import vllm_parse
+from tools import k8s_manifests as k8s
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests support (autoscaling/v2, policy/v1 are older)
 VARIANTS = {"base": ("shared",), "overlays/multi-gpu": ("shared", "data-parallel")}

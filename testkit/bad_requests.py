@@ -1,7 +1,8 @@
 """The bad requests a shared endpoint must refuse, each built as a raw HTTP body.
 
 Each case names the problem the 4xx message must mention and the layer that refuses it. Used by the
-shared-endpoint tests (tests/e2e/test_shared_endpoint.py, tests/unit/test_guard.py) and by the soak run.
+shared-endpoint tests (tests/e2e/test_shared_endpoint.py, tests/unit/test_guard.py) and by the soak run
+(benchmarks/soak.py), so it lives in testkit, which both import.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .synthetic import synthetic_image
+from .media import synthetic_image
 
 PROMPT = "Is this a good picture? Answer yes or no."
 
