@@ -11,10 +11,14 @@ PROFILE ?=
 # Built artefacts (the tiny checkpoint, logs) stay in the work tree, ignored by git.
 export UNIFIEDREWARD_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup serve demo test test-unit bench bench-load soak clean
+.PHONY: setup lock serve demo test test-unit bench bench-load soak clean
 
 setup:
 	@bash tools/setup_env.sh
+
+## rewrite requirements/{cpu,gpu}.lock from a fresh unpinned resolution (tools/lock.sh); then `make test`, and commit them if it passes
+lock:
+	@bash tools/lock.sh
 
 ## serve MODEL (default: the real 2B model; MODEL=tiny for the test checkpoint) on HOST:PORT with PROFILE; ARGS= more vLLM flags
 serve: setup

