@@ -22,6 +22,9 @@ _MARKUP = re.compile(r"[*_`#]+")
 # A number as a model may write it, including the malformed ones we must reject rather than skip.
 NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
 DECIMALS = 4  # digits after the point that constraints allow
+# Pair scores are constrained to complementary values on this grid (x + y = 1 exactly), so that every
+# constrained pair-score answer passes the parser's sum check: two decimals per score.
+PAIR_GRID = 100
 
 
 def normalize(text: str) -> str:
@@ -58,6 +61,20 @@ def number_chars(hi: int, integer: bool = False) -> int:
     return len(str(hi)) if integer else len(str(max(hi - 1, 0))) + 1 + DECIMALS
 
 
+def grid_value(k: int, full: bool = False) -> str:
+    """k / PAIR_GRID written with two decimals (full) or the fewest digits: 0.4 / 0.40, 1 / 1.00."""
+    text = f"{k / PAIR_GRID:.2f}"
+    return text if full else text.rstrip("0").rstrip(".")
+
+
+def grid_spellings(k: int) -> str:
+    """A regex for every way of writing k / PAIR_GRID with at most two decimals: 0.4, 0.40; 1, 1.0, 1.00."""
+    short, full = grid_value(k), grid_value(k, full=True)
+    if "." not in short:  # 0 or 1
+        return rf"{short}(?:\.0{{1,2}})?"
+    return regex_literal(short) + ("0?" if len(short) < len(full) else "")
+
+
 def parse_number(raw: str, what: str, lo: float, hi: float, integer: bool = False) -> float:
     try:
         value = float(raw)
@@ -89,6 +106,11 @@ class OutputFormat:
     name: ClassVar[str]
     task: str
     free_reasoning: bool = False
+
+    @property
+    def soft_scores(self) -> bool:
+        """Whether a soft reward can be read from the verdict tokens' logprobs (p_first, expected_score)."""
+        return False
 
     def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> Verdict:
         raise NotImplementedError
@@ -133,16 +155,20 @@ class ChoiceFormat(OutputFormat):
             raise VerdictError(f"{self.task}: no verdict found (expected {expected}) in {snippet(text)!r}")
         last = matches[-1]
         winner = self.choices[last.lastindex - 1][1]
-        reward = {1: 1.0, 2: 0.0, 0: 0.5}[winner]
-        p_first = None
+        hard = {1: 1.0, 2: 0.0, 0: 0.5}[winner]
         tokens = align(text, logprobs) if plain == text else None  # offsets hold only for unmodified text
         if tokens:
             phrases = [(p.rstrip("."), w) for p, w in self.choices]
             probs = choice_probabilities(text, tokens, phrases, last.start())
             if probs:
                 p_first = probs.get(1, 0.0) + 0.5 * probs.get(0, 0.0)
-                reward = p_first
-        return RankVerdict(task=self.task, reward=reward, winner=winner or None, p_first=p_first)
+                return RankVerdict(task=self.task, reward=p_first, winner=winner or None, p_first=p_first,
+                                   reward_kind="soft", hard_reward=hard)
+        return RankVerdict(task=self.task, reward=hard, winner=winner or None)
+
+    @property
+    def soft_scores(self) -> bool:
+        return True
 
     def verdict_constraint(self) -> dict[str, Any]:
         return {"choice": [text for text, _ in self.choices]}
@@ -191,13 +217,17 @@ class PairScoresFormat(OutputFormat):
         return PairScoreVerdict(task=self.task, reward=reward, scores=scores)
 
     def verdict_constraint(self) -> dict[str, Any]:
-        number = number_regex(0, 1)
-        blocks = [rf"{regex_literal(axis)} Score:\n {self.item} 1: {number}\n {self.item} 2: {number}"
-                  for axis in self.axes]
+        """Per axis, one of the PAIR_GRID + 1 complementary pairs (x, 1 - x): a grammar cannot add two free
+        numbers, but it can list the pairs that sum to 1, so every constrained answer passes the sum check."""
+        second = regex_literal(f"\n {self.item} 2: ").replace("\n", r"\n")
+        pairs = "|".join(f"{grid_spellings(k)}{second}{grid_spellings(PAIR_GRID - k)}" for k in range(PAIR_GRID + 1))
+        blocks = [rf"{regex_literal(axis)} Score:\n {self.item} 1: (?:{pairs})" for axis in self.axes]
         return {"regex": r"\n\n".join(blocks)}
 
     def max_verdict_chars(self) -> int:
-        block = len(f"X Score:\n {self.item} 1: \n {self.item} 2: ") - 1 + 2 * number_chars(1)
+        longest = max(len(grid_value(k, full=True)) + len(grid_value(PAIR_GRID - k, full=True))
+                      for k in range(PAIR_GRID + 1))
+        block = len(f"X Score:\n {self.item} 1: \n {self.item} 2: ") - 1 + longest
         return sum(block + len(axis) for axis in self.axes) + 2 * (len(self.axes) - 1)
 
 
@@ -320,14 +350,20 @@ class FinalScoreFormat(OutputFormat):
         value = parse_number(final.group(1), f"{self.task}: {self.LABEL}", self.lo, self.hi, self.integer)
         scores = self._parse_subscores(plain[:final.start()]) if self.subscores else None
         elements = self._parse_elements(plain[:final.start()]) if self.elements else None
-        expected = None
-        if logprobs is not None and plain == text and self.hi <= 9 and final.group(1).isdigit():
+        hard = (value - self.lo) / (self.hi - self.lo)
+        if logprobs is not None and plain == text and self.soft_scores and final.group(1).isdigit():
             tokens = align(text, logprobs)
-            if tokens:
-                expected = expected_digit(tokens, final.start(1), self.lo, self.hi)
-        reward = ((expected if expected is not None else value) - self.lo) / (self.hi - self.lo)
-        return FinalScoreVerdict(task=self.task, reward=reward, final_score=value, scores=scores,
-                                 elements=elements, expected_score=expected)
+            expected = expected_digit(tokens, final.start(1), self.lo, self.hi) if tokens else None
+            if expected is not None:
+                return FinalScoreVerdict(task=self.task, reward=(expected - self.lo) / (self.hi - self.lo),
+                                         final_score=value, scores=scores, elements=elements,
+                                         expected_score=expected, reward_kind="soft", hard_reward=hard)
+        return FinalScoreVerdict(task=self.task, reward=hard, final_score=value, scores=scores, elements=elements)
+
+    @property
+    def soft_scores(self) -> bool:
+        """One-digit scores only: the expectation is read off the single score token's alternatives."""
+        return self.hi <= 9
 
     def _parse_subscores(self, text: str) -> dict[str, float]:
         lo, hi = self.sub_range

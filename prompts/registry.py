@@ -94,6 +94,11 @@ class Task:
         return self.output.parse(text, logprobs)
 
     @property
+    def soft_scores(self) -> bool:
+        """Whether logprobs can give this task a soft reward (pairwise choices, one-digit final scores)."""
+        return self.output.soft_scores
+
+    @property
     def free_reasoning(self) -> bool:
         """True when the format reasons in free text before the verdict (then unconstrained by default)."""
         return self.output.free_reasoning

@@ -2,21 +2,37 @@
 
 Every verdict has `task` and `reward`, a float in [0, 1] where higher means the first (or only) item is
 better; each task file documents its mapping. Optional soft scores (`p_first`, `expected_score`) are present
-only when the request asked for logprobs, and then they drive `reward`.
+only when the request asked for logprobs and the verdict tokens lined up with them; then they drive `reward`,
+and `reward_kind` says so. A soft reward and a hard one are different quantities: `reward_kind` is always
+stated, so that a caller never mixes them without knowing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+RewardKind = Literal["soft", "hard"]
 
 
 @dataclass(frozen=True)
 class Verdict:
     task: str
     reward: float
+    # "soft": `reward` comes from the verdict tokens' logprobs; "hard": from the verdict as stated.
+    reward_kind: RewardKind = field(default="hard", kw_only=True)
+    # The reward of the verdict as stated (equal to `reward` when hard).
+    hard_reward: float | None = field(default=None, kw_only=True)
 
     # Fields left out of to_dict() when None (a None winner, a tie, is kept).
     _optional: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.reward_kind not in ("soft", "hard"):
+            raise ValueError(f"reward_kind must be 'soft' or 'hard', not {self.reward_kind!r}")
+        if self.hard_reward is None:
+            if self.reward_kind == "soft":
+                raise ValueError("a soft verdict states its hard_reward")
+            object.__setattr__(self, "hard_reward", self.reward)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -24,6 +40,8 @@ class Verdict:
             value = getattr(self, f.name)
             if value is None and f.name in self._optional:
                 continue
+            if f.name == "hard_reward" and self.reward_kind == "hard":
+                continue  # the same number as `reward`
             out[f.name] = _plain(value)
         return out
 

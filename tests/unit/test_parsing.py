@@ -66,7 +66,7 @@ def test_choice_parses(name, text, winner, reward):
     verdict = parse(name, text)
     assert isinstance(verdict, RankVerdict)
     assert (verdict.winner, verdict.reward) == (winner, reward)
-    assert verdict.to_dict() == {"task": name, "reward": reward, "winner": winner}
+    assert verdict.to_dict() == {"task": name, "reward": reward, "reward_kind": "hard", "winner": winner}
 
 
 @pytest.mark.parametrize("name, text", [
@@ -206,7 +206,7 @@ def test_image_point_score_elements_and_final():
     assert verdict.elements == [{"element": "red cat", "type": "object", "value": 1},
                                 {"element": "mat", "type": "object", "value": 0},
                                 {"element": "on", "type": "relation", "value": 1}]
-    assert set(verdict.to_dict()) == {"task", "reward", "final_score", "elements"}
+    assert set(verdict.to_dict()) == {"task", "reward", "reward_kind", "final_score", "elements"}
 
 
 def test_image_point_score_rejects_a_non_binary_element():
@@ -238,7 +238,7 @@ def test_video_point_score_subscores():
 def test_final_scores(name, text, final, reward):
     verdict = parse(name, text)
     assert (verdict.final_score, verdict.reward) == (final, pytest.approx(reward))
-    assert set(verdict.to_dict()) == {"task", "reward", "final_score"}
+    assert set(verdict.to_dict()) == {"task", "reward", "reward_kind", "final_score"}
 
 
 @pytest.mark.parametrize("name, text, reason", [
@@ -263,8 +263,9 @@ def compile_constraint(name: str) -> re.Pattern[str]:
 @pytest.mark.parametrize("name, text", [
     ("image_gen.point_score_acs", "Alignment Score (1-5): 2.6947\nCoherence Score (1-5): 5\nStyle Score (1-5): 1.0"),
     ("video_gen.point_score_aps", "Alignment Score (1-5): 2.4036\nPhysics Score (1-5): 3.0987\nStyle Score (1-5): 3.3889"),
-    ("video_gen.pair_score", "Alignment Score:\n Video 1: 0.4736\n Video 2: 0.5264\n\nCoherence Score:\n Video 1: "
-                             "0.5981\n Video 2: 0.4019\n\nStyle Score:\n Video 1: 0.3484\n Video 2: 0.6516"),
+    # The reference example on the constraint's 0.01 grid (the trained model writes 4 decimals unconstrained).
+    ("video_gen.pair_score", "Alignment Score:\n Video 1: 0.47\n Video 2: 0.53\n\nCoherence Score:\n Video 1: "
+                             "0.6\n Video 2: 0.40\n\nStyle Score:\n Video 1: 1\n Video 2: 0.0"),
     ("image_gen.point_score", "red cat (object): 1\nmat (object): 0\nFinal Score: 4"),
     ("image_gen.point_score_wordwise", 'Word-wise Scores: [["a", 0.1], ["[No_mistakes]", 1.7]]\n\n'
                                        "Alignment Score (1-5): 3\nCoherence Score (1-5): 4\nStyle Score (1-5): 5"),
@@ -294,6 +295,27 @@ def test_constraint_rejects_out_of_range_answers(name, text):
     assert not compile_constraint(name).fullmatch(text)
 
 
+@pytest.mark.parametrize("name", ["image_gen.pair_score", "video_gen.pair_score"])
+def test_pair_score_constraint_admits_exactly_the_complementary_pairs(name):
+    """Every answer the constraint admits passes the parser's sum check (a grammar over two free numbers
+    let the tiny model write 0.6666 + 1); every complementary pair on the 0.01 grid is admitted."""
+    task, regex = get_task(name), compile_constraint(name)
+    item = task.output.item
+    block = "{axis} Score:\n " + item + " 1: {x}\n " + item + " 2: {y}"
+
+    def answer(x: str, y: str) -> str:
+        return "\n\n".join(block.format(axis=a, x=x, y=y) for a in task.output.axes)
+
+    for k in range(101):
+        for x in {f"{k / 100:.2f}", f"{k / 100:.2f}".rstrip("0").rstrip(".")}:
+            y = f"{1 - k / 100:.2f}"
+            assert regex.fullmatch(answer(x, y)), (x, y)
+            verdict = task.parse(answer(x, y))
+            assert verdict.scores["alignment"] == [float(x), float(y)]
+    for x, y in [("0.6666", "1"), ("0.5", "0.6"), ("0.3", "0.3"), ("1", "1"), ("0.333", "0.667"), ("0.5", "0.5 ")]:
+        assert not regex.fullmatch(answer(x, y)), (x, y)
+
+
 def test_every_grammar_extreme_parses():
     regex = compile_constraint(ACS)
     for value in ("1", "1.0000", "4.9999", "5.0000"):
@@ -315,7 +337,7 @@ def test_budget_exceeds_the_longest_constrained_answer(name):
 @pytest.mark.parametrize("name, longest", [
     ("image_gen.pair_rank", "Both images are equally good."),
     ("image_gen.point_score_acs", "\n".join(f"{a} Score (1-5): 4.9999" for a in ("Alignment", "Coherence", "Style"))),
-    ("image_gen.pair_score", "\n\n".join(f"{a} Score:\n Image 1: 0.9999\n Image 2: 0.0001"
+    ("image_gen.pair_score", "\n\n".join(f"{a} Score:\n Image 1: 1.00\n Image 2: 0.00"
                                          for a in ("Alignment", "Coherence", "Style"))),
     ("image_gen.point_score_wordwise",
      "Word-wise Scores: [" + ", ".join(['["' + "w" * 24 + '", 9.9999]'] * 32) + "]\n\n"

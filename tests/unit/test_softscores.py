@@ -27,6 +27,8 @@ def test_p_first_walks_the_decision_tokens():
     assert verdict.p_first == pytest.approx(0.65)
     assert verdict.reward == verdict.p_first
     assert verdict.to_dict()["p_first"] == pytest.approx(0.65)
+    assert verdict.reward_kind == "soft" and verdict.hard_reward == 1.0
+    assert verdict.to_dict()["reward_kind"] == "soft" and verdict.to_dict()["hard_reward"] == 1.0
 
 
 def test_p_first_ignores_alternatives_outside_the_choices_and_renormalises():
@@ -53,6 +55,7 @@ def test_expected_score_of_a_digit():
     assert verdict.final_score == 4.0
     assert verdict.expected_score == pytest.approx(4.1)
     assert verdict.reward == pytest.approx((4.1 - 1) / 4)
+    assert verdict.reward_kind == "soft" and verdict.hard_reward == pytest.approx(0.75)
 
 
 def test_soft_scores_are_absent_when_tokens_do_not_spell_the_text():
@@ -60,12 +63,29 @@ def test_soft_scores_are_absent_when_tokens_do_not_spell_the_text():
     verdict = get_task("image_gen.pair_rank").parse("Image 1 is better.", logprobs)
     assert verdict.p_first is None and verdict.reward == 1.0
     assert "p_first" not in verdict.to_dict()
+    assert verdict.reward_kind == "hard" and verdict.to_dict()["reward_kind"] == "hard"
+
+
+@pytest.mark.parametrize("name, text, tokens", [
+    # markdown around the verdict: the parser reads the plain phrase, the logprobs' offsets no longer hold
+    ("image_gen.pair_rank", "**Image 1 is better.**", ["**", "Image", " ", "1", " is better.", "**"]),
+    ("video_und.point_score", "**Final Score:** 4", ["**", "Final", " Score", ":**", " ", "4"]),
+    # the score token split differently ("4" inside a longer token): no single digit to read
+    ("video_und.point_score", "Final Score: 4", ["Final", " Score", ":", " 4"]),
+])
+def test_a_soft_score_that_cannot_be_read_says_the_reward_is_hard(name, text, tokens):
+    """With logprobs, a verdict whose tokens cannot be aligned falls back to the hard reward, and says so
+    (it used to be the same 0/1 number with nothing to tell it from a probability)."""
+    verdict = get_task(name).parse(text, [entry(t, {t: 0.9, "x": 0.1}) for t in tokens])
+    assert verdict.reward_kind == "hard" and verdict.reward == verdict.hard_reward
+    assert verdict.to_dict()["reward_kind"] == "hard"
 
 
 def test_no_expected_score_for_multi_digit_ranges():
     logprobs = [entry(t, {t: 1.0}) for t in ("Final", " Score", ":", " ", "8", "5")]
     verdict = get_task("image_und.point_score").parse("Final Score: 85", logprobs)
     assert verdict.expected_score is None and verdict.reward == pytest.approx(0.85)
+    assert verdict.reward_kind == "hard" and not get_task("image_und.point_score").soft_scores
 
 
 @pytest.mark.parametrize("response", RECORDED["responses"], ids=lambda r: r["task"])
