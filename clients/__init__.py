@@ -3,10 +3,11 @@ through the `openai` package with bounded concurrency across one or more endpoin
 verdicts and rewards. `AsyncRewardClient` is the core; `RewardClient` its synchronous twin."""
 from ._async import AsyncRewardClient
 from ._constants import MAX_PIXELS, MIN_PIXELS
-from ._core import Completion, EncodeOptions, Item, Result, build_request, encode_media
+from ._requests import EncodeOptions, build_request, encode_media
+from ._types import Completion, Item, Result
 from .client import RewardClient
 from .errors import (AuthenticationError, BadInputError, DeadlineExceededError, InputRejectedError, RequestFailedError,
-                     RewardError, UnparseableVerdictError)
+                     RewardError, SoftScoreUnavailableError, UnparseableVerdictError)
 from .groups import GroupResult
 from .media import encode_image, smart_resize, video_frames
 
@@ -14,6 +15,6 @@ __all__ = [
     "RewardClient", "AsyncRewardClient", "Item", "Result", "GroupResult", "Completion",
     "build_request", "encode_media", "EncodeOptions", "MIN_PIXELS", "MAX_PIXELS",
     "RewardError", "BadInputError", "RequestFailedError", "AuthenticationError",
-    "InputRejectedError", "DeadlineExceededError", "UnparseableVerdictError",
+    "InputRejectedError", "DeadlineExceededError", "UnparseableVerdictError", "SoftScoreUnavailableError",
     "encode_image", "smart_resize", "video_frames",
 ]

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
 import dataclasses
-import random
+import os
 import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -15,23 +14,18 @@ import openai
 
 from prompts import Task
 
-from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_IMAGE_FORMAT,
-                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, ENCODE_AHEAD,
-                         ENDPOINT_DOWN_STATUS, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_BASE_S,
-                         RETRY_BACKOFF_MAX_S, UNFINISHED_REASONS)
-from ._core import (VIDEO_MODES, Completion, EncodeOptions, Item, Result, build_request, encode_media, encode_one,
-                    orders_agree, resolve_task, swap_pair, to_result, translate_openai_error, usage_of)
+from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S,
+                         DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL,
+                         DEFAULT_TIMEOUT_S, ENCODE_AHEAD, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_MAX_S)
 from ._endpoints import Endpoint, EndpointPool
-from .errors import BadInputError, DeadlineExceededError, RequestFailedError, RewardError
-from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, win_rates
+from ._requests import VIDEO_MODES, EncodeOptions, build_request, encode_media, encode_one, resolve_task, swap_pair
+from ._transport import ATTEMPT_ERRORS, backoff_s, classify, read_plain, read_stream, unfinished
+from ._types import Completion, Item, Logprobs, Result, orders_agree, to_result
+from .errors import BadInputError, DeadlineExceededError, RewardError
+from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
 
 ItemLike = Item | Mapping[str, Any] | Result
 Progress = bool | Callable[[Result], None]
-
-
-def backoff_s(attempt: int) -> float:
-    """Jittered exponential backoff before retry number `attempt` (1-based)."""
-    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 class AsyncRewardClient:
@@ -42,26 +36,36 @@ class AsyncRewardClient:
 
         async with AsyncRewardClient(["http://a:8000/v1", "http://b:8000/v1"]) as client:
             results = await client.score_batch(items, concurrency=64)
+
+    `timeout`: seconds per attempt (reading the answer); `connect_timeout`: seconds to open a connection,
+    so an unreachable replica costs seconds, not the whole timeout. `transport`: an httpx transport to use
+    instead of the network (tests script the wire with httpx.MockTransport).
     """
 
     def __init__(self, base_url: str | Sequence[str] = DEFAULT_BASE_URL, *, api_key: str | None = None,
                  model: str = DEFAULT_MODEL, timeout: float = DEFAULT_TIMEOUT_S,
-                 max_retries: int = DEFAULT_MAX_RETRIES, image_format: str = DEFAULT_IMAGE_FORMAT,
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS, video_mode: str = "frames") -> None:
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
+                 image_format: str = DEFAULT_IMAGE_FORMAT, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                 min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, video_mode: str = "frames",
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("give at least one base URL")
         if video_mode not in VIDEO_MODES:
             raise ValueError(f"video_mode must be one of {VIDEO_MODES}")
+        if max_retries < 0:
+            raise ValueError("max_retries must be at least 0")
         api_key = api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
         self.model = model
         self.max_retries = max_retries
         self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode)
+        # The same Timeout object for the HTTP client and for openai: openai applies its own `timeout` to
+        # every request, so a bare number there would override the connect limit.
+        self.timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            timeout=self.timeout, transport=transport,
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS))
-        endpoints = [Endpoint(url, openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout,
+        endpoints = [Endpoint(url, openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=self.timeout,
                                                       max_retries=0, http_client=self._http))
                      for url in urls]
         self.pool = EndpointPool(endpoints, self._http)
@@ -73,47 +77,44 @@ class AsyncRewardClient:
         """Send one chat request (keyword arguments of `chat.completions.create`, e.g. from build_request)
         with retries across endpoints. The transport under everything else; the benchmarks use it directly.
         stream=True measures the time to the first token and sets `first_token` when it arrives (the
-        prompt's prefix is in vLLM's cache from then on). Raises RequestFailedError."""
-        last: RequestFailedError | None = None
+        prompt's prefix is in vLLM's cache from then on). Raises RequestFailedError.
+
+        Streamed and plain requests follow one rule (`_transport.classify`): transport failures, 408/409/
+        429, 5xx, errors inside a stream and unfinished answers are retried, on another endpoint when one
+        is up; the endpoint that failed is skipped for a cool-down (at least its Retry-After). The wait
+        between attempts is a jittered backoff, raised to the server's Retry-After (capped at
+        RETRY_BACKOFF_MAX_S) when no other endpoint can take the retry."""
+        waited = 0.0
         for attempt in range(1, self.max_retries + 2):
             async with self.pool.lease() as endpoint:
-                started = time.perf_counter()
+                sent_at = time.monotonic()
                 try:
                     if stream:
-                        text, finish, usage, logprobs, ttft = await _read_stream(endpoint.api, request, started,
-                                                                                  first_token)
-                        completion = Completion(text, finish, usage, logprobs, time.perf_counter() - started,
-                                                endpoint.base_url, attempt, ttft)
+                        completion = await read_stream(endpoint.api, request, endpoint.base_url, first_token)
                     else:
-                        response = await endpoint.api.chat.completions.create(**request)
-                        completion = Completion.from_response(response, latency_s=time.perf_counter() - started,
-                                                              endpoint=endpoint.base_url, attempts=attempt)
-                except openai.OpenAIError as exc:
-                    last = translate_openai_error(exc)
-                    last.attempts = attempt
-                    if isinstance(exc, openai.APIConnectionError) or last.status_code in ENDPOINT_DOWN_STATUS:
-                        self.pool.mark_failed(endpoint)  # unreachable or overloaded: try the others first
-                    if not last.retryable:
-                        raise last from exc
+                        completion = await read_plain(endpoint.api, request, endpoint.base_url)
+                except ATTEMPT_ERRORS as exc:
+                    failure, cause = classify(exc), exc
                 else:
-                    if completion.finish_reason not in UNFINISHED_REASONS:
-                        self.pool.mark_ok(endpoint)
-                        return completion
-                    # vLLM answers 200 with the partial text of a request it aborted (a replica shutting
-                    # down) or failed inside the engine: that text is no verdict, so try again elsewhere.
-                    self.pool.mark_failed(endpoint)
-                    last = RequestFailedError(f"the server ended the request early (finish_reason="
-                                              f"{completion.finish_reason!r}, {len(completion.text)} characters)",
-                                              retryable=True)
-                    last.attempts = attempt
-            if attempt <= self.max_retries:
-                await asyncio.sleep(backoff_s(attempt))
-        assert last is not None
-        final = RequestFailedError(f"{last} (after {self.max_retries + 1} attempts)", last.status_code, True)
-        final.attempts = self.max_retries + 1
-        raise final
+                    failure, cause = unfinished(completion), None
+                    if failure is None:
+                        self.pool.mark_ok(endpoint, sent_at)
+                        return dataclasses.replace(completion, attempts=attempt, backoff_s=waited)
+                if failure.endpoint_down:
+                    self.pool.mark_failed(endpoint, failure.retry_after)
+                if not failure.retryable or attempt > self.max_retries:
+                    failure.attempts, failure.backoff_s = attempt, waited
+                    if failure.retryable:
+                        failure.args = (f"{failure} (after {attempt} attempts, {waited:.1f} s of backoff)",)
+                    raise failure from cause
+                delay = backoff_s(attempt)
+                if failure.retry_after is not None and not self.pool.others_up(endpoint):
+                    delay = max(delay, min(failure.retry_after, RETRY_BACKOFF_MAX_S))
+            await asyncio.sleep(delay)
+            waited += delay
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _score_item(self, item: Item, *, constraint: str, logprobs: bool, max_tokens: int | None,
+    async def _score_item(self, item: Item, *, constraint: str, logprobs: Logprobs, max_tokens: int | None,
                           extra_body: Mapping[str, Any] | None = None, gate: asyncio.Semaphore | None = None,
                           first_token: asyncio.Event | None = None) -> Result:
         """One item, one order. Raises RewardError; the callers turn it into a Result. The media are
@@ -125,11 +126,10 @@ class AsyncRewardClient:
                                 logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
         async with gate or contextlib.nullcontext():
             completion = await self.complete(request, stream=first_token is not None, first_token=first_token)
-        return to_result(task, completion, id=item.id)
+        return to_result(task, completion, id=item.id, logprobs=logprobs)
 
     async def _score_safely(self, item: Item, *, debias: bool, **options: Any) -> Result:
         """Never raises: a failure becomes a Result with `error`, so one bad item cannot sink a batch."""
-        task_name = item.task if isinstance(item.task, str) else item.task.name
         try:
             if not debias:
                 return await self._score_item(item, **options)
@@ -139,25 +139,26 @@ class AsyncRewardClient:
                                                  self._score_item(swapped_item, **options))
             return dataclasses.replace(first, swapped=second, agreement=orders_agree(first.verdict, second.verdict))
         except RewardError as exc:
-            attempts = {} if getattr(exc, "completion", None) else {"attempts": getattr(exc, "attempts", 0)}
-            return Result.failure(exc, task=task_name, id=item.id, **attempts)
+            return Result.failure(exc, task=item.task_name, id=item.id)
         except Exception as exc:  # a bug or an unforeseen input: still this item's failure alone
-            return Result.failure(RewardError(f"{type(exc).__name__}: {exc}"), task=task_name, id=item.id)
+            return Result.failure(RewardError(f"{type(exc).__name__}: {exc}"), task=item.task_name, id=item.id)
 
     # -- public API ---------------------------------------------------------------------------------
 
     async def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto",
-                    logprobs: bool = False, debias: bool = False, max_tokens: int | None = None,
+                    logprobs: Logprobs = False, debias: bool = False, max_tokens: int | None = None,
                     extra_body: Mapping[str, Any] | None = None, **fields: str) -> Result:
         """Score one item. Never raises for the item's own failure: see `Result.error` (or `.reward`,
         which raises it). media: images (paths, bytes, PIL images, HWC uint8 arrays, URLs); for video tasks
         per video a file, bytes, a URL or a list of frames. constraint: "auto" | "verdict" | "none".
-        logprobs: soft scores (p_first, expected_score) drive the reward. debias: pair tasks in both orders."""
+        logprobs: True: soft scores (p_first, expected_score) drive the reward where the answer's logprobs
+        give one, and `Result.reward_kind` says "soft" or "hard"; "require": soft or the item fails with
+        SoftScoreUnavailableError. debias: pair tasks in both orders."""
         return await self._score_safely(Item(task, media, fields), debias=debias, constraint=constraint,
                                         logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
 
     async def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
-                          deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
+                          deadline_s: float | None = None, constraint: str = "auto", logprobs: Logprobs = False,
                           debias: bool = False, max_tokens: int | None = None,
                           extra_body: Mapping[str, Any] | None = None, progress: Progress = False) -> list[Result]:
         """Score many items with at most `concurrency` in flight; results in input order, one per item.
@@ -196,10 +197,9 @@ class AsyncRewardClient:
                             raise TimeoutError
                         result = await asyncio.wait_for(self._score_safely(entry, **options), remaining)
                     except TimeoutError:
-                        task = entry.task if isinstance(entry.task, str) else entry.task.name
                         result = Result.failure(DeadlineExceededError(
                             f"the batch deadline of {deadline_s:g} s passed before this item was scored"),
-                            task=task, id=entry.id)
+                            task=entry.task_name, id=entry.id)
             report(result)
             return result
 
@@ -209,7 +209,7 @@ class AsyncRewardClient:
             report(None)
 
     async def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None,
-                         debias: bool = False, logprobs: bool = False, concurrency: int = DEFAULT_CONCURRENCY,
+                         debias: bool = False, logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY,
                          **fields: str) -> GroupResult:
         """Rank a group of candidates (e.g. one prompt's GRPO samples) with a pairwise task: all pairs, or a
         budget of `pairs`. Per item: win rate (a tie counts half to each) and Bradley-Terry strength. Each
@@ -263,6 +263,7 @@ class AsyncRewardClient:
         await asyncio.gather(*(compare(i, j) for i, j in chosen))
         outcomes = {pair: r.reward for pair, r in results.items() if r.ok}
         return GroupResult(task=spec.name, win_rates=win_rates(n, outcomes), strengths=bradley_terry(n, outcomes),
+                           games=games_played(n, outcomes),
                            pairs=[results[p] for p in chosen], errors=sum(not r.ok for r in results.values()))
 
     async def aclose(self) -> None:
@@ -274,30 +275,6 @@ class AsyncRewardClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], started: float,
-                       first_token: asyncio.Event | None = None):
-    """A streamed chat completion, gathered: text, finish reason, usage, logprobs, time to first token."""
-    stream = await api.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
-    parts: list[str] = []
-    logprobs: list[Any] = []
-    finish, usage, ttft = None, {}, None
-    async for chunk in stream:
-        if chunk.usage is not None:
-            usage = usage_of(chunk)
-        for choice in chunk.choices:
-            if choice.delta.content:
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-                    if first_token is not None:
-                        first_token.set()
-                parts.append(choice.delta.content)
-            if choice.logprobs is not None and choice.logprobs.content:
-                logprobs.extend(choice.logprobs.content)
-            if choice.finish_reason:
-                finish = choice.finish_reason
-    return "".join(parts), finish, usage, (logprobs or None), ttft
 
 
 def _progress_reporter(progress: Progress, total: int) -> Callable[[Result | None], None]:

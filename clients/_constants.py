@@ -5,9 +5,11 @@ DEFAULT_MODEL = "UnifiedReward"  # the served model name the authors' clients se
 DEFAULT_API_KEY = "EMPTY"  # vLLM needs no key unless started with one (the `shared` profile requires it)
 API_KEY_ENV = "UNIFIEDREWARD_API_KEY"  # read when no api_key is given, like openai's OPENAI_API_KEY
 
-# Time and retries. A request is retried only on failures that may pass: connection errors, timeouts,
-# 408, 409, 429 and 5xx; never on a 4xx that names the input.
+# Time and retries. A request is retried only on failures that may pass: transport errors (connect, read,
+# reset, protocol, timeout), 408, 409, 429, 5xx, errors inside a stream and answers vLLM aborted; never on
+# a 4xx that names the input. A Retry-After is honoured up to RETRY_BACKOFF_MAX_S.
 DEFAULT_TIMEOUT_S = 120.0  # per request (one attempt)
+DEFAULT_CONNECT_TIMEOUT_S = 10.0  # opening a connection: an unreachable replica fails fast, then is skipped
 DEFAULT_MAX_RETRIES = 3
 RETRY_BACKOFF_BASE_S = 0.25  # jittered exponential backoff: base * 2**attempt * U(0.5, 1), capped
 RETRY_BACKOFF_MAX_S = 8.0

@@ -3,6 +3,7 @@
     unifiedreward score --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat"
     unifiedreward score --input items.jsonl --output results.jsonl --concurrency 64
     unifiedreward group --task image_gen.pair_rank --caption "a red cat" --image 1.png --image 2.png ...
+    unifiedreward request --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat" > body.json
 
 The same client as the library: one code path. Exit status 1 when any item failed.
 """
@@ -17,8 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._constants import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S
-from ._core import CONSTRAINTS, Item, Result
+from prompts import get_task
+
+from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
+                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, MAX_PIXELS,
+                         MIN_PIXELS)
+from ._requests import CONSTRAINTS, EncodeOptions, build_request, encode_media, resolve_task
+from ._types import Item, Logprobs, Result
 from .client import RewardClient
 from .errors import BadInputError
 
@@ -35,6 +41,8 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
                        help="API key (default: $UNIFIEDREWARD_API_KEY)")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default: {DEFAULT_MODEL})")
     group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request attempt")
+    group.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
+                       help="seconds to open a connection (an unreachable replica fails this fast)")
     group.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
                        help="retries of connection errors, 429 and 5xx")
 
@@ -49,8 +57,23 @@ def _item_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response")
     parser.add_argument("--constraint", choices=CONSTRAINTS, default="auto",
                         help="decoding constraint: the task's default, verdict only, or none")
-    parser.add_argument("--logprobs", action="store_true", help="soft scores (p_first, expected_score)")
+    parser.add_argument("--logprobs", nargs="?", const="on", choices=("on", "require"),
+                        help="soft scores (p_first, expected_score) where the answer gives one, else the stated "
+                             "verdict (reward_kind says which); 'require': soft or the item fails")
     parser.add_argument("--debias", action="store_true", help="pair tasks: score both orders and average")
+
+
+def _encode_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("media encoding")
+    group.add_argument("--image-format", default=DEFAULT_IMAGE_FORMAT, help="JPEG (default) or PNG")
+    group.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+    group.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="per image, after resizing")
+    group.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                       help="per image, after resizing (the server's own cap: sending more is wasted)")
+
+
+def _logprobs(args: argparse.Namespace) -> Logprobs:
+    return {None: False, "on": True, "require": "require"}[args.logprobs]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
     score.add_argument("--deadline", type=float, help="overall seconds; later items fail as deadline exceeded")
     _client_arguments(score)
+    _encode_arguments(score)
 
     group = commands.add_parser("group", help="rank candidates with a pairwise task (win rates, strengths)")
     _item_arguments(group)
     group.add_argument("--pairs", type=int, help="compare only this many pairs (default: all)")
     group.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     _client_arguments(group)
+    _encode_arguments(group)
+
+    request = commands.add_parser("request", help="print the chat request one item becomes (JSON, for curl or "
+                                                  "another client); nothing is sent")
+    _item_arguments(request)
+    request.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default: {DEFAULT_MODEL})")
+    _encode_arguments(request)
     return parser
 
 
@@ -85,10 +116,22 @@ def _fields(args: argparse.Namespace) -> dict[str, str]:
     return fields
 
 
+def _encode_options(args: argparse.Namespace) -> EncodeOptions:
+    return EncodeOptions(args.image_format, args.jpeg_quality, args.min_pixels, args.max_pixels)
+
+
 def _client(args: argparse.Namespace) -> RewardClient:
     urls = args.base_urls or [os.environ.get("UNIFIEDREWARD_BASE_URL", DEFAULT_BASE_URL)]
     return RewardClient(urls, api_key=args.api_key, model=args.model, timeout=args.timeout,
-                        max_retries=args.max_retries)
+                        connect_timeout=args.connect_timeout, max_retries=args.max_retries,
+                        image_format=args.image_format, jpeg_quality=args.jpeg_quality, min_pixels=args.min_pixels,
+                        max_pixels=args.max_pixels)
+
+
+def _media(args: argparse.Namespace) -> list[str]:
+    if args.image and args.video:
+        raise BadInputError("give --image or --video, not both")
+    return args.image or args.video
 
 
 def read_items(path: Path) -> list[Item | Result]:
@@ -116,26 +159,28 @@ def output_line(result: Result) -> dict[str, Any]:
     return {**{k: full[k] for k in OUTPUT_KEYS}, **{k: v for k, v in full.items() if k not in OUTPUT_KEYS}}
 
 
-def _summary(results: Sequence[Result], seconds: float) -> str:
+def _summary(results: Sequence[Result], seconds: float, logprobs: Logprobs = False) -> str:
     failed = collections.Counter(r.error_type for r in results if not r.ok)
     ok = len(results) - sum(failed.values())
     line = (f"unifiedreward: {len(results)} items in {seconds:.1f} s "
             f"({len(results) / seconds if seconds else 0:.1f} items/s): {ok} ok, {sum(failed.values())} failed")
     if failed:
         line += " (" + ", ".join(f"{kind} {count}" for kind, count in failed.most_common()) + ")"
+    if logprobs:
+        hard = [r for r in results if r.ok and r.reward_kind == "hard"]
+        fallbacks = sum(get_task(r.task).soft_scores for r in hard)
+        line += (f"; rewards: {ok - len(hard)} soft, {fallbacks} fell back to hard (no soft score in the answer)"
+                 f", {len(hard) - fallbacks} hard (task has no soft score)")
     return line
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    options = dict(constraint=args.constraint, logprobs=args.logprobs, debias=args.debias)
+    options = dict(constraint=args.constraint, logprobs=_logprobs(args), debias=args.debias)
     with _client(args) as client:
         if args.input is None:
             if not args.task:
                 raise BadInputError("give --task (and media and fields), or --input items.jsonl")
-            media = args.image or args.video
-            if args.image and args.video:
-                raise BadInputError("give --image or --video, not both")
-            result = client.score(args.task, media, **options, **_fields(args))
+            result = client.score(args.task, _media(args), **options, **_fields(args))
             print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
             return 0 if result.ok else 1
         entries = read_items(args.input)
@@ -150,25 +195,37 @@ def cmd_score(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             out.close()
-    print(_summary(results, elapsed), file=sys.stderr)
+    print(_summary(results, elapsed, options["logprobs"]), file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_group(args: argparse.Namespace) -> int:
     if not args.task:
         raise BadInputError("give --task, e.g. image_gen.pair_rank")
-    media = args.image or args.video
     with _client(args) as client:
-        group = client.rank_group(args.task, media, pairs=args.pairs, debias=args.debias, logprobs=args.logprobs,
-                                  concurrency=args.concurrency, **_fields(args))
+        group = client.rank_group(args.task, _media(args), pairs=args.pairs, debias=args.debias,
+                                  logprobs=_logprobs(args), concurrency=args.concurrency, **_fields(args))
     print(json.dumps(group.to_dict(), indent=2, ensure_ascii=False))
     return 0 if group.errors == 0 else 1
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """The request body exactly as the client would send it (same encoding, prompt and constraint)."""
+    if not args.task:
+        raise BadInputError("give --task, e.g. image_gen.pair_rank")
+    task = resolve_task(args.task)
+    media = encode_media(task, _media(args), _encode_options(args))
+    request = build_request(task, media, _fields(args), model=args.model, constraint=args.constraint,
+                            logprobs=_logprobs(args))
+    body = {**{k: v for k, v in request.items() if k != "extra_body"}, **request.get("extra_body", {})}
+    print(json.dumps(body, ensure_ascii=False))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"score": cmd_score, "group": cmd_group}[args.command](args)
+        return {"score": cmd_score, "group": cmd_group, "request": cmd_request}[args.command](args)
     except BadInputError as exc:
         print(f"unifiedreward: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ loop is already running (Jupyter) and keeps one pooled connection set across cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
 
@@ -13,10 +14,12 @@ from prompts import Task
 
 from ._async import AsyncRewardClient, ItemLike, Progress
 from ._constants import DEFAULT_CONCURRENCY
-from ._core import Completion, Result
+from ._types import Completion, Logprobs, Result
 from .groups import GroupResult
 
 T = TypeVar("T")
+# After Ctrl-C, how long the cancelled requests get to wind down before the interrupt propagates.
+INTERRUPT_GRACE_S = 5.0
 
 
 class RewardClient:
@@ -31,20 +34,49 @@ class RewardClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="RewardClient-loop", daemon=True)
         self._thread.start()
-        self._async = self._run(self._make(base_url, options))
+        try:
+            self._async = self._run(self._make(base_url, options))
+        except BaseException:
+            self._stop_loop()  # a bad option must not leave a loop thread behind
+            raise
 
     @staticmethod
     async def _make(base_url: str | Sequence[str], options: dict[str, Any]) -> AsyncRewardClient:
         return AsyncRewardClient(base_url, **options)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        """Run on the client's loop and wait. Ctrl-C (KeyboardInterrupt) while waiting cancels the call:
+        its requests are cancelled and their connections released before the interrupt propagates, so a
+        later close() never shuts the HTTP pool under a request still running."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            self._settle(INTERRUPT_GRACE_S)
+            raise
+
+    def _settle(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) until every task on the loop has finished, cancelled ones included."""
+        async def others_done() -> None:
+            current = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not current]
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+
+        with contextlib.suppress(BaseException):
+            asyncio.run_coroutine_threadsafe(others_done(), self._loop).result(timeout + 1)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
 
     @property
     def model(self) -> str:
         return self._async.model
 
-    def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: bool = False,
+    def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: Logprobs = False,
               debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
               **fields: str) -> Result:
         """See AsyncRewardClient.score."""
@@ -52,7 +84,7 @@ class RewardClient:
                                            max_tokens=max_tokens, extra_body=extra_body, **fields))
 
     def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
-                    deadline_s: float | None = None, constraint: str = "auto", logprobs: bool = False,
+                    deadline_s: float | None = None, constraint: str = "auto", logprobs: Logprobs = False,
                     debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
                     progress: Progress = False) -> list[Result]:
         """See AsyncRewardClient.score_batch."""
@@ -61,7 +93,7 @@ class RewardClient:
             debias=debias, max_tokens=max_tokens, extra_body=extra_body, progress=progress))
 
     def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
-                   logprobs: bool = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:
+                   logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:
         """See AsyncRewardClient.rank_group."""
         return self._run(self._async.rank_group(task, media, pairs=pairs, debias=debias, logprobs=logprobs,
                                                 concurrency=concurrency, **fields))
@@ -73,10 +105,10 @@ class RewardClient:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._run(self._async.aclose())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        try:
+            self._run(self._async.aclose())
+        finally:
+            self._stop_loop()
 
     def __enter__(self) -> "RewardClient":
         return self

@@ -1,20 +1,33 @@
 """The client's errors: catch `RewardError` for all of them, without knowing openai or httpx internals.
 
     RewardError
-    ├── BadInputError           the item cannot be sent (unknown task, fields, unreadable media, count)
-    ├── RequestFailedError      the server was unreachable or answered an error, after retries
-    │   ├── AuthenticationError     401/403: no or a wrong API key (the `shared` profile requires one)
-    │   ├── InputRejectedError      another 4xx: the server refused this item's request (message says why)
-    │   └── DeadlineExceededError   the batch's overall deadline passed first
-    └── UnparseableVerdictError the server answered, but the text holds no valid verdict (also a VerdictError)
+    ├── BadInputError              the item cannot be sent (unknown task, fields, unreadable media, count)
+    ├── RequestFailedError         the server was unreachable or answered an error, after retries
+    │   ├── AuthenticationError        401/403: no or a wrong API key (the `shared` profile requires one)
+    │   ├── InputRejectedError         another 4xx: the server refused this item's request (message says why)
+    │   └── DeadlineExceededError      the batch's overall deadline passed first
+    ├── UnparseableVerdictError    the server answered, but the text holds no valid verdict (also a VerdictError)
+    └── SoftScoreUnavailableError  logprobs="require", and the answer's logprobs gave no soft score
+
+Errors raised after the server answered carry that answer (`completion`: text, usage, latency, endpoint),
+so that a failed item still shows what the model said.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prompts import VerdictError
+
+if TYPE_CHECKING:
+    from ._types import Completion
 
 
 class RewardError(Exception):
     """Base class of every error raised by `clients`."""
+
+    def __init__(self, message: str, *, completion: "Completion | None" = None) -> None:
+        super().__init__(message)
+        self.completion = completion  # the server's answer, when there was one
 
 
 class BadInputError(RewardError, ValueError):
@@ -22,13 +35,23 @@ class BadInputError(RewardError, ValueError):
 
 
 class RequestFailedError(RewardError):
-    """The server could not be reached or answered with an error (after retries)."""
+    """The server could not be reached or answered with an error (after retries).
 
-    def __init__(self, message: str, status_code: int | None = None, retryable: bool = False):
+    `retryable`: another attempt may succeed (transport failures, 408/409/429, 5xx, errors inside a stream).
+    `endpoint_down`: the failure says the endpoint itself is unwell; it is skipped for a cool-down.
+    `retry_after`: seconds the server asked to wait (Retry-After), if it did.
+    `attempts` and `backoff_s`: requests made and seconds waited between them, when the client gave up."""
+
+    def __init__(self, message: str, status_code: int | None = None, retryable: bool = False, *,
+                 endpoint_down: bool = False, retry_after: float | None = None, attempts: int = 0,
+                 backoff_s: float = 0.0) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
-        self.attempts = 0  # requests made, set by the client
+        self.endpoint_down = endpoint_down
+        self.retry_after = retry_after
+        self.attempts = attempts
+        self.backoff_s = backoff_s
 
 
 class AuthenticationError(RequestFailedError):
@@ -46,7 +69,16 @@ class DeadlineExceededError(RequestFailedError):
 class UnparseableVerdictError(RewardError, VerdictError):
     """The server answered, but its text holds no valid verdict. `text` is the raw answer."""
 
-    def __init__(self, message: str, text: str):
-        super().__init__(message)
+    def __init__(self, message: str, text: str, *, completion: "Completion | None" = None) -> None:
+        super().__init__(message, completion=completion)
         self.text = text
-        self.completion = None  # the server's full answer (usage, latency, endpoint), set by the client
+
+
+class SoftScoreUnavailableError(RewardError):
+    """logprobs="require": the verdict parsed, but no soft score could be read from its logprobs (the tokens
+    did not line up with the text, or the score token's alternatives were missing). The hard verdict is in
+    `verdict`; it is not used as the reward because the caller asked for probabilities only."""
+
+    def __init__(self, message: str, verdict: object, *, completion: "Completion | None" = None) -> None:
+        super().__init__(message, completion=completion)
+        self.verdict = verdict

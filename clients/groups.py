@@ -37,58 +37,75 @@ def cache_friendly_waves(pairs: Sequence[tuple[int, int]]) -> tuple[list[tuple[i
     return first, rest
 
 
+def games_played(n: int, outcomes: dict[tuple[int, int], float]) -> list[int]:
+    """Per item the number of finished games (compared pairs with a verdict)."""
+    games = [0] * n
+    for i, j in outcomes:
+        games[i] += 1
+        games[j] += 1
+    return games
+
+
 def win_rates(n: int, outcomes: dict[tuple[int, int], float]) -> list[float | None]:
     """Per item the mean score over its games; outcome (i, j) -> i's share in [0, 1] (a tie is 0.5).
     None for an item with no finished game."""
-    points, games = [0.0] * n, [0] * n
+    points = [0.0] * n
     for (i, j), r in outcomes.items():
         points[i] += r
         points[j] += 1.0 - r
-        games[i] += 1
-        games[j] += 1
-    return [p / g if g else None for p, g in zip(points, games)]
+    return [p / g if g else None for p, g in zip(points, games_played(n, outcomes))]
 
 
 def bradley_terry(n: int, outcomes: dict[tuple[int, int], float], prior: float = 0.1,
-                  iterations: int = 500, tol: float = 1e-10) -> list[float]:
-    """Bradley-Terry strengths (MM algorithm, Hunter 2004), normalised to sum to 1. Soft outcomes count as
-    fractional wins; `prior` adds that many virtual wins each way per compared pair, so an item that lost
-    every game keeps a finite, small strength."""
+                  iterations: int = 500, tol: float = 1e-10) -> list[float | None]:
+    """Bradley-Terry strengths (MM algorithm, Hunter 2004), normalised to sum to 1 over the items that
+    played. Soft outcomes count as fractional wins; `prior` adds that many virtual wins each way per
+    compared pair, so an item that lost every game keeps a finite, small strength. An item without a
+    finished game has no strength (None): it is left out of the fit and of the normalisation, never
+    given the starting value as if it had been judged."""
+    played = [i for i, g in enumerate(games_played(n, outcomes)) if g]
+    if not played:
+        return [None] * n
     wins = [[0.0] * n for _ in range(n)]
     for (i, j), r in outcomes.items():
         wins[i][j] += r + prior
         wins[j][i] += 1.0 - r + prior
-    strength = [1.0 / n] * n
+    strength = {i: 1.0 / len(played) for i in played}
     for _ in range(iterations):
-        new = []
-        for i in range(n):
-            total_wins = sum(wins[i])
-            denom = sum((wins[i][j] + wins[j][i]) / (strength[i] + strength[j]) for j in range(n)
+        new = {}
+        for i in played:
+            denom = sum((wins[i][j] + wins[j][i]) / (strength[i] + strength[j]) for j in played
                         if j != i and wins[i][j] + wins[j][i] > 0)
-            new.append(total_wins / denom if denom > 0 else strength[i])
-        norm = sum(new)
-        new = [s / norm for s in new]
-        if max(abs(a - b) for a, b in zip(new, strength)) < tol:
-            strength = new
-            break
+            new[i] = sum(wins[i]) / denom
+        norm = sum(new.values())
+        new = {i: s / norm for i, s in new.items()}
+        converged = max(abs(new[i] - strength[i]) for i in played) < tol
         strength = new
-    return strength
+        if converged:
+            break
+    return [strength.get(i) for i in range(n)]
 
 
 @dataclass
 class GroupResult:
-    """A ranked group: per item (in input order) its win rate and Bradley-Terry strength."""
+    """A ranked group: per item (in input order) its win rate, Bradley-Terry strength and finished games.
+    An item whose games all failed has win rate and strength None and no place in `ranking`."""
 
     task: str
     win_rates: list[float | None]
-    strengths: list[float]
+    strengths: list[float | None]
+    games: list[int] = field(default_factory=list)
     pairs: list[Any] = field(default_factory=list)  # one Result per compared pair, in pair order
     errors: int = 0
 
+    @property
+    def ranking(self) -> list[int]:
+        """The items that played, strongest first."""
+        return sorted((i for i, s in enumerate(self.strengths) if s is not None), key=lambda i: -self.strengths[i])
+
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "win_rates": self.win_rates, "strengths": self.strengths,
-                "ranking": sorted(range(len(self.strengths)), key=lambda i: -self.strengths[i]),
+        return {"task": self.task, "win_rates": self.win_rates, "strengths": self.strengths, "games": self.games,
+                "ranking": self.ranking,
                 "pairs": [{"pair": list(p.id), **{k: v for k, v in p.to_dict().items() if k != "id"}}
                           for p in self.pairs],
                 "errors": self.errors}
-

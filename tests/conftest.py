@@ -33,6 +33,23 @@ SERVER_FIXTURES = tuple(SERVERS)
 _servers: dict[str, ServerProcess] = {}
 
 
+# Figures a test measures (the fault-injection batch's wall times, retries ...), printed at the end of the run.
+_FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report_figure():
+    """Call with a line of figures: it is printed in the run's summary (also when output is captured)."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def reference_tasks() -> dict[str, dict]:
     return {t["task"]: t for t in json.loads(REFERENCE.read_text(encoding="utf-8"))}

@@ -3,16 +3,20 @@ with one stopped mid-batch, groups, debias, videos, deadlines, and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
 import threading
+import time
 
 import av
 import numpy as np
 import pytest
+import requests
 
 from clients import AsyncRewardClient, Item, RewardClient
+from clients.groups import all_pairs
 from tests.helpers import picture
 
 CAPTION = "a red circle above a blue square"
@@ -114,37 +118,63 @@ def test_two_endpoints_one_stopped_mid_batch(live_server, second_server, api_key
     assert not second_server.healthy()
 
 
-def test_group_of_6_win_rates_sum_to_3(live_server, images):
+def test_group_of_6_gives_each_pair_the_verdict_it_gets_alone(live_server, images):
+    """rank_group encodes each candidate once and orders the pairs for vLLM's prefix cache: neither may
+    change what the model sees. Every pair's verdict equals the one it gets scored alone (greedy)."""
     with RewardClient(live_server.base_url) as client:
         group = client.rank_group("image_gen.pair_rank", images["good"][:6], caption=CAPTION)
-    assert group.errors == 0 and len(group.pairs) == 15
-    assert len(group.win_rates) == 6 and sum(group.win_rates) == pytest.approx(3.0)
-    assert all(0.0 <= w <= 1.0 for w in group.win_rates)
-    assert len(group.strengths) == 6 and sum(group.strengths) == pytest.approx(1.0)
-    best = max(range(6), key=lambda i: group.win_rates[i])
-    assert group.strengths[best] == max(group.strengths)
+        alone = client.score_batch([Item("image_gen.pair_rank", [images["good"][i], images["good"][j]],
+                                         {"caption": CAPTION}, id=(i, j)) for i, j in all_pairs(6)])
+    assert group.errors == 0 and [p.id for p in group.pairs] == all_pairs(6)
+    assert [p.verdict for p in group.pairs] == [r.verdict for r in alone]
+    assert group.games == [5] * 6 and sorted(group.ranking) == list(range(6))
+    wins = [sum((p.verdict.winner == 1) if i == p.id[0] else (p.verdict.winner == 2) for p in group.pairs
+                if i in p.id) for i in range(6)]
+    if max(wins) > min(wins):  # the candidate with the most outright wins ranks first
+        assert wins[group.ranking[0]] == max(wins)
 
 
 def test_group_with_a_pair_budget_and_a_bad_candidate(live_server, images):
+    """The missing candidate's pairs fail alone; it has no games, no strength and no rank (it used to keep
+    the starting strength and rank as if judged)."""
     media = list(images["good"][:5]) + [images["missing"]]
     with RewardClient(live_server.base_url) as client:
         group = client.rank_group("image_gen.pair_score", media, pairs=8, caption=CAPTION)
     assert len(group.pairs) == 8
-    failed = [p for p in group.pairs if not p.ok]
-    assert all(5 in p.id for p in failed if p.error_type == "BadInputError")
-    assert group.win_rates[5] is None or 5 not in [i for p in group.pairs if p.ok for i in p.id]
+    with_bad = [p for p in group.pairs if 5 in p.id]
+    assert with_bad, "the budget gives every candidate games"
+    assert all(p.error_type == "BadInputError" and "not found" in p.error for p in with_bad)
+    assert all(p.ok for p in group.pairs if 5 not in p.id)
+    assert group.errors == len(with_bad)
+    assert group.games[5] == 0 and group.strengths[5] is None and group.win_rates[5] is None
+    assert 5 not in group.ranking and sorted(group.ranking) == [i for i in range(5) if group.games[i]]
+    assert sum(group.strengths[i] for i in group.ranking) == pytest.approx(1.0)
 
 
 def test_debias_scores_both_orders(live_server, images):
+    """The swapped result is the pair the other way round on the server (the same answer as scoring the
+    reversed pair directly), and the debiased reward combines the two orders' own kind of reward."""
+    a, b = images["good"][:2]
     with RewardClient(live_server.base_url) as client:
-        result = client.score("image_gen.pair_rank", images["good"][:2], debias=True, logprobs=True, caption=CAPTION)
-        understanding = client.score("image_und.pair_rank", images["good"][:1], debias=True, constraint="verdict",
+        result = client.score("image_gen.pair_rank", [a, b], debias=True, logprobs=True, caption=CAPTION)
+        reversed_pair = client.score("image_gen.pair_rank", [b, a], logprobs=True, caption=CAPTION)
+        understanding = client.score("image_und.pair_rank", [a], debias=True, constraint="verdict",
                                      question="What is shown?", answer1="Circles.", answer2="Nothing.")
-    for r in (result, understanding):
-        assert r.ok and r.swapped is not None and r.swapped.ok
-        assert isinstance(r.agreement, bool)
-        assert r.reward == pytest.approx((r.verdict.reward + 1 - r.swapped.verdict.reward) / 2)
-    assert understanding.swapped.text in ("Answer 1 is better", "Answer 2 is better")
+        answers_swapped = client.score("image_und.pair_rank", [a], constraint="verdict", question="What is shown?",
+                                       answer1="Nothing.", answer2="Circles.")
+    assert result.ok and result.swapped.text == reversed_pair.text
+    assert result.swapped.verdict.winner == reversed_pair.verdict.winner
+    assert result.reward_kind == "soft" and 0.0 <= result.reward <= 1.0
+    assert understanding.ok and understanding.swapped.text == answers_swapped.text
+    assert understanding.reward_kind == "hard"
+    # Hard verdicts of the two orders: both prefer the same answer -> 1 or 0; they contradict -> 0.5.
+    first, second = understanding.verdict.winner, understanding.swapped.verdict.winner
+    agree = first is not None and second is not None and first != second
+    assert understanding.agreement == agree
+    if agree:
+        assert understanding.reward == {1: 1.0, 2: 0.0}[first]
+    elif first == second:  # each order prefers whichever answer comes first: no preference
+        assert understanding.reward == 0.5
 
 
 def test_video_file_as_frames_and_as_url(live_server, video):
@@ -173,6 +203,41 @@ def test_deadline_turns_unfinished_items_into_errors(live_server, images):
     with RewardClient(live_server.base_url) as client:
         results = client.score_batch(items, deadline_s=0)
     assert [r.error_type for r in results] == ["DeadlineExceededError"] * 5
+
+
+def test_a_deadline_passing_mid_batch_cancels_what_is_in_flight(live_server, images):
+    """Items finished before the deadline keep their verdicts; the rest fail as DeadlineExceededError at
+    the deadline (not when their requests end); their requests are cancelled on the server too; the
+    client stays usable."""
+    good = images["good"]
+    items = [Item("image_gen.pair_score", [good[i % 12], good[(i + 4) % 12]], {"caption": CAPTION}, id=i)
+             for i in range(40)]
+    with RewardClient(live_server.base_url) as client:
+        single = client.score_batch(items[:1])[0]
+        assert single.ok
+        deadline = max(1.0, 4 * single.latency_s)
+        started = time.monotonic()
+        results = client.score_batch(items, concurrency=2, deadline_s=deadline)
+        elapsed = time.monotonic() - started
+        after = client.score("image_gen.pair_rank", good[:2], caption=CAPTION)
+    kinds = collections.Counter(r.error_type for r in results)
+    assert [r.id for r in results] == list(range(40))
+    assert kinds[None] >= 1 and kinds["DeadlineExceededError"] >= 10, kinds
+    assert set(kinds) == {None, "DeadlineExceededError"}, kinds
+    assert elapsed < deadline + 2.0, (elapsed, deadline)
+    assert after.ok
+    # The cancelled requests were dropped by the client's connections closing: vLLM aborts them.
+    for _ in range(50):
+        if running_requests(live_server) == 0:
+            break
+        time.sleep(0.1)
+    assert running_requests(live_server) == 0
+
+
+def running_requests(server) -> float:
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
 
 
 def test_async_client_is_the_same_core(live_server, images):
@@ -226,5 +291,7 @@ def test_cli_group(live_server, images):
                    *[arg for p in images["good"][:4] for arg in ("--image", str(p))])
     assert proc.returncode == 0, proc.stderr
     group = json.loads(proc.stdout)
-    assert len(group["win_rates"]) == 4 and sum(group["win_rates"]) == pytest.approx(2.0)
-    assert len(group["strengths"]) == 4
+    assert group["games"] == [3, 3, 3, 3] and group["errors"] == 0 and len(group["pairs"]) == 6
+    assert sorted(group["ranking"]) == [0, 1, 2, 3]
+    strengths = group["strengths"]
+    assert [strengths[i] for i in group["ranking"]] == sorted(strengths, reverse=True)

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
 
 import httpx
 import openai
 import pytest
 
 from clients import BadInputError, Item, Result, RewardError
-from clients._async import backoff_s
+from clients._transport import backoff_s
 from clients._constants import RETRY_BACKOFF_MAX_S
 from clients._endpoints import Endpoint, EndpointPool
 from clients.cli import read_items
-from clients.groups import all_pairs, bradley_terry, cache_friendly_waves, win_rates
+from clients.groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
 from prompts import RankVerdict
 
 
@@ -48,8 +53,8 @@ def test_backoff_is_jittered_and_capped():
     assert len({round(v, 6) for v in values}) > 50
 
 
-def make_pool(n: int) -> EndpointPool:
-    http = httpx.AsyncClient()
+def make_pool(n: int, transport: httpx.AsyncBaseTransport | None = None) -> EndpointPool:
+    http = httpx.AsyncClient(transport=transport)
     endpoints = [Endpoint(f"http://127.0.0.1:{9 + i}/v1", openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{9 + i}/v1",
                                                                              api_key="x", http_client=http))
                  for i in range(n)]
@@ -86,9 +91,53 @@ def test_a_failed_endpoint_is_skipped_then_probed_back():
         assert pool.pick() is up and down.probing
         await asyncio.gather(*pool._probes)
         assert not down.probing and down.down_until > 0 and down.cooldown_s == 4.0
-        pool.mark_failed(up)  # all down: still pick the one back first rather than fail untried
-        assert pool.pick() in pool.endpoints
+        pool.mark_failed(up)  # all down: still try one rather than fail untried: the one failing least
+        assert up.failures < down.failures and pool.pick() is up
+        up.down_until = down.down_until + 5  # ... even if it comes back later than the one failing every time
+        assert pool.pick() is up
         await pool.aclose()
+        await pool.http.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_answer_to_a_request_sent_before_the_failure_does_not_revive_the_endpoint():
+    """Item 6: requests in flight when an endpoint failed may still succeed; that says nothing about now."""
+    async def main():
+        pool = make_pool(1)
+        (ep,) = pool.endpoints
+        sent_before = time.monotonic()
+        await asyncio.sleep(0.01)
+        pool.mark_failed(ep)
+        pool.mark_ok(ep, sent_before)
+        assert ep.down_until > time.monotonic() and ep.failures == 1
+        pool.mark_ok(ep, time.monotonic())  # a request sent after the failure did succeed: back up
+        assert ep.down_until == 0.0 and ep.failures == 0
+        await pool.http.aclose()
+
+    asyncio.run(main())
+
+
+def test_aclose_waits_for_the_probes_it_cancels():
+    """Item 6: aclose cancelled probe tasks without awaiting them; they then ran against a closed client."""
+    async def main():
+        started = asyncio.Event()
+
+        async def slow_health(request: httpx.Request) -> httpx.Response:
+            started.set()
+            await asyncio.sleep(30)
+            return httpx.Response(200)
+
+        pool = make_pool(1, transport=httpx.MockTransport(slow_health))
+        (ep,) = pool.endpoints
+        pool.mark_failed(ep)
+        ep.down_until = 0.001
+        pool.pick()  # starts the probe
+        probes = list(pool._probes)
+        await started.wait()
+        await pool.aclose()
+        assert probes and all(task.done() for task in probes)
+        assert not ep.probing
         await pool.http.aclose()
 
     asyncio.run(main())
@@ -102,6 +151,20 @@ def test_pairs_budget_and_cache_waves():
     first, rest = cache_friendly_waves(all_pairs(4))
     assert [p[0] for p in first] == [0, 1, 2]  # one pair per leading candidate goes first
     assert sorted(first + rest) == all_pairs(4)
+
+
+def test_a_candidate_without_a_finished_game_has_no_strength_and_no_rank():
+    """Item 1: games (0,1), (0,2), (1,2) all won by the first; candidate 3's games all failed. It used to
+    keep the starting strength 0.218 and rank second."""
+    outcomes = {(0, 1): 1.0, (0, 2): 1.0, (1, 2): 1.0}
+    strengths = bradley_terry(4, outcomes)
+    assert strengths[3] is None
+    assert sum(strengths[:3]) == pytest.approx(1.0) and strengths[0] > strengths[1] > strengths[2]
+    group = GroupResult("image_gen.pair_rank", win_rates(4, outcomes), strengths, games_played(4, outcomes))
+    assert group.games == [2, 2, 2, 0] and group.ranking == [0, 1, 2]
+    out = json.loads(json.dumps(group.to_dict()))
+    assert out["strengths"][3] is None and out["games"] == [2, 2, 2, 0] and out["ranking"] == [0, 1, 2]
+    assert bradley_terry(3, {}) == [None, None, None]
 
 
 def test_win_rates_and_bradley_terry():
@@ -151,18 +214,143 @@ def test_aborted_answers_are_retried_and_4xx_are_typed():
 
     async def scenario():
         request = {"model": "UnifiedReward", "messages": [{"role": "user", "content": "x"}]}
-        async with AsyncRewardClient("http://replica/v1", api_key="sk-good") as client:
-            client._http._transport = httpx.MockTransport(handler)
+        async with AsyncRewardClient("http://replica/v1", api_key="sk-good",
+                                     transport=httpx.MockTransport(handler)) as client:
             completion = await client.complete(request)
             assert completion.text == "Image 1 is better." and completion.attempts == 2
             with pytest.raises(InputRejectedError, match="not an image") as rejected:
                 await client.complete({**request, "messages": [{"role": "user", "content": "bad"}]})
             assert rejected.value.attempts == 1  # not retried
-        async with AsyncRewardClient("http://replica/v1", api_key="sk-wrong") as client:
-            client._http._transport = httpx.MockTransport(handler)
+        async with AsyncRewardClient("http://replica/v1", api_key="sk-wrong",
+                                     transport=httpx.MockTransport(handler)) as client:
             with pytest.raises(AuthenticationError) as refused:
                 await client.complete(request)
             assert refused.value.attempts == 1 and refused.value.status_code == 401
 
     asyncio.run(scenario())
     assert len(calls) == 4
+
+
+def loop_threads() -> int:
+    return sum(t.name == "RewardClient-loop" for t in threading.enumerate())
+
+
+def test_a_failing_constructor_leaves_no_thread():
+    """Item 7: the loop thread was started before the options were checked, and never stopped."""
+    from clients import RewardClient
+
+    before = loop_threads()
+    for bad in ({"video_mode": "gif"}, {"max_retries": -1}, {}):
+        with pytest.raises(ValueError):
+            RewardClient([] if not bad else "http://x/v1", **bad)
+    assert loop_threads() == before
+
+
+def test_ctrl_c_cancels_the_batch_in_flight_and_re_raises():
+    """Item 7: KeyboardInterrupt during a call left its requests running on the loop thread while close()
+    shut the HTTP pool under them. Now the requests are cancelled before the interrupt propagates."""
+    from clients import Item, RewardClient
+
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return httpx.Response(200, json=_chat_response("Image 1 is better.", "stop"))
+
+    client = RewardClient("http://replica/v1", transport=httpx.MockTransport(never_answers))
+    items = [Item("image_gen.pair_rank", ["data:image/png;base64,AA==", "data:image/png;base64,AB=="],
+                  {"caption": "c"}, id=i) for i in range(3)]
+    timer = threading.Timer(0.0, lambda: started.wait(10) and os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        client.score_batch(items, concurrency=2)
+    assert time.monotonic() - began < 10
+    assert cancelled.is_set(), "the request in flight was still running after Ctrl-C"
+    pending = asyncio.run_coroutine_threadsafe(_other_tasks(), client._loop).result(5)
+    assert pending == 0
+    before = loop_threads()
+    client.close()
+    assert loop_threads() == before - 1
+
+
+async def _other_tasks() -> int:
+    return sum(1 for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+
+def _with_logprobs(text: str, tokens: list[str]) -> dict:
+    response = _chat_response(text, "stop")
+    response["choices"][0]["logprobs"] = {"content": [
+        {"token": t, "logprob": -0.1, "bytes": None,
+         "top_logprobs": [{"token": t, "logprob": -0.1, "bytes": None}, {"token": "2", "logprob": -2.5, "bytes": None}]}
+        for t in tokens]}
+    return response
+
+
+def test_a_soft_score_fallback_is_stated_and_can_be_refused():
+    """Item 2: with logprobs, a verdict whose tokens do not line up (markdown) silently became the hard 0/1
+    reward. Now the Result says reward_kind="hard", and logprobs="require" makes it the item's error."""
+    from clients import RewardClient, SoftScoreUnavailableError
+    from clients.cli import _summary
+
+    answers = {"plain": _with_logprobs("Image 1 is better.", ["Image", " ", "1", " is better."]),
+               "markdown": _with_logprobs("**Image 1 is better.**", ["**", "Image", " ", "1", " is better.", "**"])}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        caption = json.loads(request.content)["messages"][0]["content"][-1]["text"]
+        return httpx.Response(200, json=answers["markdown" if "markdown" in caption else "plain"])
+
+    media = ["data:image/png;base64,AA==", "data:image/png;base64,AB=="]
+    with RewardClient("http://replica/v1", transport=httpx.MockTransport(handler)) as client:
+        soft = client.score("image_gen.pair_rank", media, logprobs=True, caption="plain")
+        fallback = client.score("image_gen.pair_rank", media, logprobs=True, caption="markdown")
+        refused = client.score("image_gen.pair_rank", media, logprobs="require", caption="markdown")
+        hard_task = client.score("image_gen.pair_score", media, logprobs="require", caption="plain")
+    assert soft.reward_kind == "soft" and 0.5 < soft.reward < 1.0 and soft.to_dict()["reward_kind"] == "soft"
+    assert fallback.reward_kind == "hard" and fallback.reward == 1.0 and fallback.to_dict()["reward_kind"] == "hard"
+    assert refused.error_type == "SoftScoreUnavailableError" and refused.text == "**Image 1 is better.**"
+    with pytest.raises(SoftScoreUnavailableError, match="no soft score"):
+        refused.reward
+    assert refused.to_dict()["reward"] is None and refused.to_dict()["reward_kind"] is None
+    assert hard_task.error_type == "BadInputError" and "has no soft score" in hard_task.error
+    summary = _summary([soft, fallback, refused], 1.0, logprobs=True)
+    assert "2 ok, 1 failed (SoftScoreUnavailableError 1)" in summary
+    assert "1 soft, 1 fell back to hard" in summary
+
+
+def test_debiased_soft_and_hard_rewards_are_never_averaged_together():
+    soft = RankVerdict("image_gen.pair_rank", 0.8, 1, p_first=0.8, reward_kind="soft", hard_reward=1.0)
+    hard = RankVerdict("image_gen.pair_rank", 0.0, 2)
+    mixed = Result("image_gen.pair_rank", soft, swapped=Result("image_gen.pair_rank", hard), agreement=True)
+    assert mixed.reward_kind == "hard" and mixed.reward == 1.0  # (1.0 + 1 - 0.0) / 2 from the stated verdicts
+    both = Result("image_gen.pair_rank", soft, swapped=Result("image_gen.pair_rank", replace(soft, reward=0.3)))
+    assert both.reward_kind == "soft" and both.reward == pytest.approx((0.8 + 1 - 0.3) / 2)
+
+
+def test_cli_request_prints_the_body_the_client_would_send(tmp_path, capsys):
+    from PIL import Image
+
+    from clients.cli import main
+    from prompts import get_task
+
+    for k in range(2):
+        Image.new("RGB", (640, 480), (40 * k, 80, 120)).save(tmp_path / f"{k}.png")
+    argv = ["request", "--task", "image_gen.pair_rank", "--image", str(tmp_path / "0.png"),
+            "--image", str(tmp_path / "1.png"), "--caption", "a red cat", "--max-pixels", "65536"]
+    assert main(argv) == 0
+    body = json.loads(capsys.readouterr().out)
+    task = get_task("image_gen.pair_rank")
+    assert body["model"] == "UnifiedReward" and body["temperature"] == 0.0 and body["max_tokens"] == task.max_tokens
+    assert body["structured_outputs"] == task.structured_outputs
+    parts = body["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert parts[2]["text"] == task.render(caption="a red cat")
+    assert main(["request", "--task", "image_gen.pair_score", "--image", str(tmp_path / "0.png"),
+                 "--image", str(tmp_path / "1.png"), "--caption", "c", "--logprobs", "require"]) == 2
+    assert "has no soft score" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""From an item to a request body: the media encoded for the model, the authors' prompt, greedy decoding, the
+task's constraint. Pure functions (encoding runs in worker threads); the public ones are what the
+benchmarks and the CLI build requests with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+from prompts import PromptsError, Task, get_task
+
+from ._constants import DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, MAX_PIXELS, MIN_PIXELS
+from ._types import LOGPROBS_MODES, Item, Logprobs
+from .errors import BadInputError
+from .media import encode_image, encode_video_url, is_url, video_frames
+
+CONSTRAINTS = ("auto", "verdict", "none")
+VIDEO_MODES = ("frames", "url")
+TOP_LOGPROBS = 20  # vLLM's default cap on top_logprobs
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How media are prepared on the client: resized to the pixel budget the server would pick anyway,
+    encoded as `image_format` (JPEG at `quality`, the authors' input distribution), videos as frames or
+    passed as one file (video_mode="url")."""
+
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    quality: int = DEFAULT_JPEG_QUALITY
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    video_mode: str = "frames"
+
+
+def resolve_task(task: str | Task) -> Task:
+    try:
+        return get_task(task)
+    except PromptsError as exc:
+        raise BadInputError(str(exc)) from None
+
+
+def encode_one(kind: str, frames: int | None, item: Any, options: EncodeOptions) -> Any:
+    """One media item of a task whose media are `kind`. Images -> a data URL. A video: a URL passes through;
+    a file or bytes -> `frames` evenly spaced frames (or the file itself with video_mode="url"); a list of
+    frames -> frame data URLs. Runs in a worker thread: decoding never blocks the event loop."""
+
+    def image(x: Any) -> str:
+        if is_url(x):
+            return x
+        return encode_image(x, image_format=options.image_format, quality=options.quality,
+                            min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+
+    if kind == "image":
+        return image(item)
+    if is_url(item):
+        return item
+    if isinstance(item, Sequence) and not isinstance(item, (str, bytes, bytearray)):
+        if not item:
+            raise BadInputError("a video given as frames needs at least one frame")
+        return [image(frame) for frame in item]
+    if options.video_mode == "url":
+        return encode_video_url(item)
+    return [image(frame) for frame in video_frames(item, frames or 8)]
+
+
+def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions = EncodeOptions()) -> list[Any]:
+    """All media of one item, checked against the task's layout."""
+    if isinstance(media, (str, bytes)) or not isinstance(media, Sequence):
+        media = [media]
+    if len(media) != task.media.count:
+        raise BadInputError(f"{task.name}: takes {task.media.count} {task.media.kind}(s), got {len(media)}")
+    return [encode_one(task.media.kind, task.media.frames, m, options) for m in media]
+
+
+def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *, model: str,
+                  constraint: str = "auto", logprobs: Logprobs = False, max_tokens: int | None = None,
+                  extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: greedy and bounded. `constraint`: "auto" (the task's
+    default: structured formats constrained, free reasoning not), "verdict" (always constrained; free
+    reasoning skipped) or "none". `logprobs`: ask for the top alternatives, for soft scores (True or
+    "require"; "require" is refused for a task that has no soft score).
+    `extra_body`: more vLLM request fields (e.g. {"ignore_eos": true}, {"priority": 1})."""
+    if constraint not in CONSTRAINTS:
+        raise BadInputError(f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
+    if logprobs not in LOGPROBS_MODES:
+        raise BadInputError(f"logprobs must be one of {LOGPROBS_MODES}, not {logprobs!r}")
+    if logprobs == "require" and not task.soft_scores:
+        raise BadInputError(f"{task.name} has no soft score (only pairwise choices and one-digit final scores "
+                            f"do): logprobs='require' would fail every item; use logprobs=True or False")
+    try:
+        messages = task.messages(urls, **fields)
+    except PromptsError as exc:
+        raise BadInputError(str(exc)) from None
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens or task.max_tokens,
+        "temperature": 0.0,
+    }
+    structured = {"auto": task.structured_outputs, "verdict": task.verdict_constraint, "none": None}[constraint]
+    body = dict(extra_body or {})
+    if structured is not None:
+        body["structured_outputs"] = structured
+    if body:
+        request["extra_body"] = body
+    if logprobs:
+        request.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+    return request
+
+
+def swap_pair(task: Task, item: Item) -> Item:
+    """The same pair in the other order: the two media, or the two answers (understanding tasks)."""
+    if task.pairwise == "media":
+        return replace(item, media=list(item.media)[::-1])
+    if task.pairwise == "answers":
+        fields = dict(item.fields)
+        fields["answer1"], fields["answer2"] = item.fields.get("answer2"), item.fields.get("answer1")
+        return replace(item, fields=fields)
+    raise BadInputError(f"{task.name} is not a pairwise task: debias applies to pair tasks only")
