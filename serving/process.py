@@ -23,6 +23,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _live_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies, which no signal can end, left out)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 class ServerProcess:
     """`python -m serving ARGS` in its own process group, its output in `log_path`.
 
@@ -79,7 +92,9 @@ class ServerProcess:
                               f"last lines of {self.log_path}:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM to the whole process group (launcher, API server, engine core), then SIGKILL."""
+        """SIGTERM to the whole process group (launcher, API server, engine core), then SIGKILL to what is
+        left of it. The group, not only the launcher, must be gone: an API server whose engine died first
+        keeps its connections open, waiting for answers that never come."""
         if self.proc is None or self.proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
@@ -87,11 +102,17 @@ class ServerProcess:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                self.proc.wait(wait)
+            if self._group_gone(wait):
                 return
-            except subprocess.TimeoutExpired:
-                continue
+
+    def _group_gone(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the launcher, so that it no longer counts as a member
+            if not _live_members(self.proc.pid):
+                return True
+            time.sleep(0.1)
+        return False
 
     def kill(self) -> None:
         """SIGKILL to the whole process group at once: a replica dying without warning."""
