@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 
 import httpx
 import openai
@@ -19,13 +19,19 @@ from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT
                          DEFAULT_TIMEOUT_S, ENCODE_AHEAD, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_MAX_S)
 from ._endpoints import Endpoint, EndpointPool
 from ._requests import VIDEO_MODES, EncodeOptions, build_request, encode_media, encode_one, resolve_task, swap_pair
+from ._stream import StopFlag, stream_results
 from ._transport import ATTEMPT_ERRORS, backoff_s, classify, read_plain, read_stream, unfinished
 from ._types import Completion, Item, Logprobs, Result, orders_agree, to_result
+from .media import is_url
 from .errors import BadInputError, DeadlineExceededError, RewardError
 from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
 
 ItemLike = Item | Mapping[str, Any] | Result
 Progress = bool | Callable[[Result], None]
+
+
+class _NotStarted(Exception):
+    """The stream was stopped before this item's request was sent."""
 
 
 class AsyncRewardClient:
@@ -103,10 +109,7 @@ class AsyncRewardClient:
                 if failure.endpoint_down:
                     self.pool.mark_failed(endpoint, failure.retry_after)
                 if not failure.retryable or attempt > self.max_retries:
-                    failure.attempts, failure.backoff_s = attempt, waited
-                    if failure.retryable:
-                        failure.args = (f"{failure} (after {attempt} attempts, {waited:.1f} s of backoff)",)
-                    raise failure from cause
+                    raise failure.after(attempt, waited) from cause
                 delay = backoff_s(attempt)
                 if failure.retry_after is not None and not self.pool.others_up(endpoint):
                     delay = max(delay, min(failure.retry_after, RETRY_BACKOFF_MAX_S))
@@ -116,15 +119,20 @@ class AsyncRewardClient:
 
     async def _score_item(self, item: Item, *, constraint: str, logprobs: Logprobs, max_tokens: int | None,
                           extra_body: Mapping[str, Any] | None = None, gate: asyncio.Semaphore | None = None,
-                          first_token: asyncio.Event | None = None) -> Result:
+                          first_token: asyncio.Event | None = None, stop: StopFlag | None = None) -> Result:
         """One item, one order. Raises RewardError; the callers turn it into a Result. The media are
         encoded before taking a place at `gate` (the in-flight limit): while requests are in flight, the
         next items get ready, so the server is never left waiting for the client to encode."""
         task = resolve_task(item.task)
-        encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
+        if _all_urls(item.media):  # nothing to decode or encode: no thread hop
+            encoded = encode_media(task, item.media, self.encode_options)
+        else:
+            encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
         request = build_request(task, encoded, item.fields, model=self.model, constraint=constraint,
                                 logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
         async with gate or contextlib.nullcontext():
+            if stop is not None and stop.is_set():
+                raise _NotStarted
             completion = await self.complete(request, stream=first_token is not None, first_token=first_token)
         return to_result(task, completion, id=item.id, logprobs=logprobs)
 
@@ -138,6 +146,8 @@ class AsyncRewardClient:
             first, second = await asyncio.gather(self._score_item(item, **options),
                                                  self._score_item(swapped_item, **options))
             return dataclasses.replace(first, swapped=second, agreement=orders_agree(first.verdict, second.verdict))
+        except _NotStarted:
+            raise
         except RewardError as exc:
             return Result.failure(exc, task=item.task_name, id=item.id)
         except Exception as exc:  # a bug or an unforeseen input: still this item's failure alone
@@ -157,56 +167,78 @@ class AsyncRewardClient:
         return await self._score_safely(Item(task, media, fields), debias=debias, constraint=constraint,
                                         logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
 
-    async def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
-                          deadline_s: float | None = None, constraint: str = "auto", logprobs: Logprobs = False,
-                          debias: bool = False, max_tokens: int | None = None,
-                          extra_body: Mapping[str, Any] | None = None, progress: Progress = False) -> list[Result]:
+    async def score_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
+                           concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = False,
+                           deadline_s: float | None = None, stop: StopFlag | None = None, constraint: str = "auto",
+                           logprobs: Logprobs = False, debias: bool = False, max_tokens: int | None = None,
+                           extra_body: Mapping[str, Any] | None = None) -> AsyncIterator[Result]:
+        """Score items as a stream: a Result per item as soon as it is final (`ordered=True`: in input order,
+        through a small reorder buffer). Items are pulled lazily from any iterable or async iterable (a
+        generator over a 10^6-line file), at most `concurrency x (1 + ENCODE_AHEAD)` alive at once, so
+        memory does not grow with the input. `stop` (a threading or asyncio Event): once set, nothing new
+        is sent, the requests in flight finish and the stream ends; items pulled but never sent are left
+        out. Leaving the loop early (break, an exception, aclose) cancels the requests in flight.
+
+            async for result in client.score_stream(read_items("items.jsonl"), concurrency=64):
+                out.write(json.dumps(result.to_dict()) + "\n")
+        """
+        stream = self._stream(items, concurrency=concurrency, ordered=ordered, deadline_s=deadline_s, stop=stop,
+                              constraint=constraint, logprobs=logprobs, debias=debias, max_tokens=max_tokens,
+                              extra_body=extra_body)
+        async with contextlib.aclosing(stream):
+            async for _, result in stream:
+                yield result
+
+    async def score_batch(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
+                          concurrency: int = DEFAULT_CONCURRENCY, deadline_s: float | None = None,
+                          constraint: str = "auto", logprobs: Logprobs = False, debias: bool = False,
+                          max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
+                          progress: Progress = False) -> list[Result]:
         """Score many items with at most `concurrency` in flight; results in input order, one per item.
-        `deadline_s`: after that many seconds, unfinished items fail with DeadlineExceededError."""
+        `deadline_s`: after that many seconds, unfinished items fail with DeadlineExceededError.
+        (A collector over score_stream: for inputs larger than memory, use score_stream.)"""
+        report = _progress_reporter(progress, len(items) if isinstance(items, Sized) else None)
+        results: dict[int, Result] = {}
+        stream = self._stream(items, concurrency=concurrency, ordered=False, deadline_s=deadline_s, stop=None,
+                              constraint=constraint, logprobs=logprobs, debias=debias, max_tokens=max_tokens,
+                              extra_body=extra_body)
+        try:
+            async with contextlib.aclosing(stream):
+                async for index, result in stream:
+                    results[index] = result
+                    report(result)
+        finally:
+            report(None)
+        return [results[i] for i in range(len(results))]
+
+    def _stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *, concurrency: int, ordered: bool,
+                deadline_s: float | None, stop: StopFlag | None, **options: Any) -> AsyncIterator[tuple[int, Result]]:
+        """(input index, Result) pairs: the one engine under score_stream and score_batch."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        prepared: list[Item | Result] = []
-        for index, raw in enumerate(items):
-            if isinstance(raw, (Item, Result)):  # a Result: an entry that already failed (e.g. a bad line)
-                prepared.append(raw)
-                continue
-            try:
-                prepared.append(Item.from_mapping(raw))
-            except BadInputError as exc:
-                prepared.append(Result.failure(exc, id=raw.get("id") if isinstance(raw, Mapping) else index))
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         # At most `concurrency` requests in flight, and as many more items encoded ahead of them (memory
         # stays bounded; encoding overlaps the server's work instead of stalling it).
-        in_flight = asyncio.Semaphore(concurrency)
-        window = asyncio.Semaphore(concurrency * (1 + ENCODE_AHEAD))
-        report = _progress_reporter(progress, len(prepared))
-        options = dict(constraint=constraint, logprobs=logprobs, max_tokens=max_tokens, debias=debias,
-                       extra_body=extra_body, gate=in_flight)
+        gate = asyncio.Semaphore(concurrency)
 
-        async def run(entry: Item | Result) -> Result:
-            if isinstance(entry, Result):
-                report(entry)
-                return entry
-            async with window:
+        async def score(item: Item) -> Result | None:
+            try:
                 if deadline is None:
-                    result = await self._score_safely(entry, **options)
-                else:
-                    remaining = deadline - time.monotonic()
-                    try:
-                        if remaining <= 0:
-                            raise TimeoutError
-                        result = await asyncio.wait_for(self._score_safely(entry, **options), remaining)
-                    except TimeoutError:
-                        result = Result.failure(DeadlineExceededError(
-                            f"the batch deadline of {deadline_s:g} s passed before this item was scored"),
-                            task=entry.task_name, id=entry.id)
-            report(result)
-            return result
+                    return await self._score_safely(item, gate=gate, stop=stop, **options)
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    return await asyncio.wait_for(self._score_safely(item, gate=gate, stop=stop, **options),
+                                                  remaining)
+                except TimeoutError:
+                    return Result.failure(DeadlineExceededError(
+                        f"the batch deadline of {deadline_s:g} s passed before this item was scored"),
+                        task=item.task_name, id=item.id)
+            except _NotStarted:
+                return None
 
-        try:
-            return list(await asyncio.gather(*(run(entry) for entry in prepared)))
-        finally:
-            report(None)
+        return stream_results(items, score, window=concurrency * (1 + ENCODE_AHEAD), ordered=ordered, stop=stop)
 
     async def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None,
                          debias: bool = False, logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY,
@@ -277,25 +309,40 @@ class AsyncRewardClient:
         await self.aclose()
 
 
-def _progress_reporter(progress: Progress, total: int) -> Callable[[Result | None], None]:
-    """progress=True: a tqdm bar on stderr (ok/failed counts); a callable: called with each Result."""
+def _all_urls(media: Any) -> bool:
+    """URLs (data:, http(s):) only, videos as frame-URL lists included: what encoding passes through."""
+    if isinstance(media, (str, bytes)) or not isinstance(media, Sequence):
+        return is_url(media)
+    return all(_all_urls(m) if isinstance(m, (list, tuple)) else is_url(m) for m in media)
+
+
+def _progress_reporter(progress: Progress, total: int | None) -> Callable[[Result | None], None]:
+    """progress=True: a tqdm bar on stderr (ok/failed counts, rate, ETA); a callable: called with each Result."""
     if callable(progress):
         return lambda result: result is not None and progress(result)
     if not progress:
         return lambda result: None
-    from tqdm import tqdm
+    bar = ProgressBar(total)
+    return lambda result: bar.close() if result is None else bar.add(result)
 
-    bar = tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True)
-    failed = 0
 
-    def report(result: Result | None) -> None:
-        nonlocal failed
-        if result is None:
-            bar.close()
-            return
-        failed += not result.ok
-        bar.update(1)
-        if failed:
-            bar.set_postfix(failed=failed, refresh=False)
+class ProgressBar:
+    """A tqdm bar over results: items/s, ETA when the total is known, and ok / failed counts."""
 
-    return report
+    def __init__(self, total: int | None, *, initial: int = 0, description: str | None = None) -> None:
+        from tqdm import tqdm
+
+        self.ok = self.failed = 0
+        self._bar = tqdm(total=total, initial=initial, unit="item", desc=description, file=sys.stderr,
+                         dynamic_ncols=True, smoothing=0.05)
+
+    def add(self, result: Result) -> None:
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+        self._bar.set_postfix(ok=self.ok, failed=self.failed, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()

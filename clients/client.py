@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterable, Coroutine, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from prompts import Task
 
 from ._async import AsyncRewardClient, ItemLike, Progress
 from ._constants import DEFAULT_CONCURRENCY
+from ._stream import StopFlag
 from ._types import Completion, Logprobs, Result
 from .groups import GroupResult
 
@@ -83,7 +84,7 @@ class RewardClient:
         return self._run(self._async.score(task, media, constraint=constraint, logprobs=logprobs, debias=debias,
                                            max_tokens=max_tokens, extra_body=extra_body, **fields))
 
-    def score_batch(self, items: Iterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
+    def score_batch(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
                     deadline_s: float | None = None, constraint: str = "auto", logprobs: Logprobs = False,
                     debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
                     progress: Progress = False) -> list[Result]:
@@ -91,6 +92,32 @@ class RewardClient:
         return self._run(self._async.score_batch(
             items, concurrency=concurrency, deadline_s=deadline_s, constraint=constraint, logprobs=logprobs,
             debias=debias, max_tokens=max_tokens, extra_body=extra_body, progress=progress))
+
+    def score_iter(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
+                   concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = False, deadline_s: float | None = None,
+                   stop: StopFlag | None = None, constraint: str = "auto", logprobs: Logprobs = False,
+                   debias: bool = False, max_tokens: int | None = None,
+                   extra_body: Mapping[str, Any] | None = None) -> Iterator[Result]:
+        """See AsyncRewardClient.score_stream: Results as they are final, items pulled lazily. Leaving the
+        loop early (break, an exception, Ctrl-C) cancels the requests in flight.
+
+            with open("out.jsonl", "a") as out:
+                for result in client.score_iter(items_from_a_huge_file(), concurrency=64):
+                    out.write(json.dumps(result.to_dict()) + "\n")
+        """
+        stream = self._async.score_stream(items, concurrency=concurrency, ordered=ordered, deadline_s=deadline_s,
+                                          stop=stop, constraint=constraint, logprobs=logprobs, debias=debias,
+                                          max_tokens=max_tokens, extra_body=extra_body)
+        try:
+            while True:
+                try:
+                    result = self._run(anext(stream))
+                except StopAsyncIteration:
+                    return
+                yield result
+        finally:
+            if not self._loop.is_closed():
+                self._run(stream.aclose())
 
     def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
                    logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:

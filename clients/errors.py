@@ -53,6 +53,12 @@ class RequestFailedError(RewardError):
         self.attempts = attempts
         self.backoff_s = backoff_s
 
+    def after(self, attempts: int, backoff_s: float) -> "RequestFailedError":
+        """This failure as the request's last: the same kind, with the attempts made and the backoff waited."""
+        message = f"{self} (after {attempts} attempts, {backoff_s:.1f} s of backoff)" if self.retryable else str(self)
+        return type(self)(message, self.status_code, self.retryable, endpoint_down=self.endpoint_down,
+                          retry_after=self.retry_after, attempts=attempts, backoff_s=backoff_s)
+
 
 class AuthenticationError(RequestFailedError):
     """The server wants an API key (401) or refuses this one (403): pass api_key= or $UNIFIEDREWARD_API_KEY."""

@@ -42,6 +42,12 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels
     return h_bar, w_bar
 
 
+def target_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) smart_resize picks for an image of this size."""
+    h, w = smart_resize(height, width, IMAGE_FACTOR, min_pixels, max_pixels)
+    return w, h
+
+
 def _source(item: object, kind: str) -> tuple[io.BytesIO | Path, str]:
     """Bytes or a file path as something to open, and how to name it in an error."""
     if isinstance(item, (bytes, bytearray)):
@@ -54,8 +60,11 @@ def _source(item: object, kind: str) -> tuple[io.BytesIO | Path, str]:
     raise BadInputError(f"unsupported {kind} input of type {type(item).__name__}")
 
 
-def load_image(item: ImageInput) -> Image.Image:
-    """A PIL image from a path, bytes, a PIL image or an HWC uint8 array; BadInputError names the problem."""
+def load_image(item: ImageInput, pixel_bounds: tuple[int, int] | None = None) -> Image.Image:
+    """A PIL image from a path, bytes, a PIL image or an HWC uint8 array; BadInputError names the problem.
+    `pixel_bounds` (min_pixels, max_pixels) of the size it will be resized to: a JPEG is then decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8) still at least that size (draft mode): a 1024^2 JPEG bound for
+    512^2 decodes a quarter of the pixels."""
     if isinstance(item, Image.Image):
         return item
     if np is not None and isinstance(item, np.ndarray):
@@ -66,6 +75,8 @@ def load_image(item: ImageInput) -> Image.Image:
     source, what = _source(item, "image")
     try:
         image = Image.open(source)
+        if image.format == "JPEG" and pixel_bounds is not None:
+            image.draft("RGB", target_size(image.width, image.height, *pixel_bounds))
         image.load()  # decode now: a truncated or corrupt file fails here, not on the server
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadInputError(f"cannot decode image ({what}): {exc}") from None
@@ -82,7 +93,7 @@ def encode_image(item: ImageInput, *, image_format: str = DEFAULT_IMAGE_FORMAT,
     """A data URL for one image (URLs pass through), resized to the server's target size."""
     if is_url(item):
         return item  # type: ignore[return-value]
-    image = load_image(item)
+    image = load_image(item, pixel_bounds=(min_pixels, max_pixels))
     if image.mode != "RGB":
         image = image.convert("RGB")
     height, width = smart_resize(image.height, image.width, IMAGE_FACTOR, min_pixels, max_pixels)
