@@ -1,35 +1,38 @@
 """`unifiedreward` (also `python -m clients`): score items or rank a group from the command line.
 
     unifiedreward score --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat"
-    unifiedreward score --input items.jsonl --output results.jsonl --concurrency 64
+    unifiedreward score --input items.jsonl --output results.jsonl --concurrency 64 [--resume]
+    unifiedreward score --input data.parquet --output results.parquet --task image_gen.pair_rank \
+        --map caption=prompt --map images=chosen,rejected --shard 0/4
     unifiedreward group --task image_gen.pair_rank --caption "a red cat" --image 1.png --image 2.png ...
     unifiedreward request --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat" > body.json
 
-The same client as the library: one code path. Exit status 1 when any item failed.
+The same client as the library: one code path. Exit status 0 when every item was scored, 1 when any failed,
+2 for bad input (before anything is sent), 130/143 when stopped by SIGINT/SIGTERM (then it says how to
+resume).
 """
 from __future__ import annotations
 
 import argparse
-import collections
+import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from prompts import get_task
-
+from ._async import AsyncRewardClient
 from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
                          DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, MAX_PIXELS,
                          MIN_PIXELS)
 from ._requests import CONSTRAINTS, EncodeOptions, build_request, encode_media, resolve_task
-from ._types import Item, Logprobs, Result
+from ._types import Logprobs
 from .client import RewardClient
+from .dataset_io import Source, open_sink, parse_mapping
 from .errors import BadInputError
+from .jobs import JobOutcome, Shard, run_job
+from .jobs import summary as job_summary
 
-# The line a batch output has for each input line (other keys may follow).
-OUTPUT_KEYS = ("id", "verdict", "error", "text", "usage", "latency_s")
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,10 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score one item (flags) or a JSONL batch (--input)")
     _item_arguments(score)
-    score.add_argument("--input", type=Path, help="JSONL items: {id, task, images|videos, caption|question|"
-                                                  "answer1|answer2|response}")
-    score.add_argument("--output", type=Path, help="JSONL results, one line per input line, in order "
-                                                   "(default: standard output)")
+    job = score.add_argument_group("dataset jobs (--input)")
+    job.add_argument("--input", type=Path, help="items: .jsonl, .csv, .parquet (file or folder) or a `datasets` "
+                                                "save_to_disk folder; rows {id, task, images|videos, caption|"
+                                                "question|answer1|answer2|response}")
+    job.add_argument("--output", type=Path, help="results, each written as soon as it is final: .jsonl (a line "
+                                                 "per item) or .parquet (a folder of row-group files); default: "
+                                                 "standard output")
+    job.add_argument("--map", action="append", default=[], metavar="KEY=COLUMN[,COLUMN]",
+                     help="take an item key from other columns: --map caption=prompt --map images=img_0,img_1")
+    job.add_argument("--resume", action="store_true",
+                     help="continue an earlier run: skip the ids already in --output, retry the failed ones")
+    job.add_argument("--resume-skip-failed", action="store_true", help="with --resume: keep earlier failures")
+    job.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    job.add_argument("--unordered", action="store_true", help="write in completion order, not input order")
+    job.add_argument("--shard", default="0/1", metavar="I/N", help="score only the rows whose position mod N is I")
+    job.add_argument("--grace", type=float, default=30.0,
+                     help="on SIGINT/SIGTERM, seconds the requests in flight get to finish (default 30)")
+    job.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)")
     score.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
     score.add_argument("--deadline", type=float, help="overall seconds; later items fail as deadline exceeded")
     _client_arguments(score)
@@ -120,12 +138,18 @@ def _encode_options(args: argparse.Namespace) -> EncodeOptions:
     return EncodeOptions(args.image_format, args.jpeg_quality, args.min_pixels, args.max_pixels)
 
 
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(api_key=args.api_key, model=args.model, timeout=args.timeout, connect_timeout=args.connect_timeout,
+                max_retries=args.max_retries, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
+                min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+
+
+def _urls(args: argparse.Namespace) -> list[str]:
+    return args.base_urls or [os.environ.get("UNIFIEDREWARD_BASE_URL", DEFAULT_BASE_URL)]
+
+
 def _client(args: argparse.Namespace) -> RewardClient:
-    urls = args.base_urls or [os.environ.get("UNIFIEDREWARD_BASE_URL", DEFAULT_BASE_URL)]
-    return RewardClient(urls, api_key=args.api_key, model=args.model, timeout=args.timeout,
-                        connect_timeout=args.connect_timeout, max_retries=args.max_retries,
-                        image_format=args.image_format, jpeg_quality=args.jpeg_quality, min_pixels=args.min_pixels,
-                        max_pixels=args.max_pixels)
+    return RewardClient(_urls(args), **_client_options(args))
 
 
 def _media(args: argparse.Namespace) -> list[str]:
@@ -134,69 +158,31 @@ def _media(args: argparse.Namespace) -> list[str]:
     return args.image or args.video
 
 
-def read_items(path: Path) -> list[Item | Result]:
-    """One entry per non-blank line: an Item, or a failed Result naming what is wrong with that line."""
-    entries: list[Item | Result] = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                entries.append(Result.failure(BadInputError(f"line {number}: invalid JSON: {exc}")))
-                continue
-            try:
-                entries.append(Item.from_mapping(data))
-            except BadInputError as exc:
-                item_id = data.get("id") if isinstance(data, dict) else None
-                entries.append(Result.failure(BadInputError(f"line {number}: {exc}"), id=item_id))
-    return entries
-
-
-def output_line(result: Result) -> dict[str, Any]:
-    full = result.to_dict()
-    return {**{k: full[k] for k in OUTPUT_KEYS}, **{k: v for k, v in full.items() if k not in OUTPUT_KEYS}}
-
-
-def _summary(results: Sequence[Result], seconds: float, logprobs: Logprobs = False) -> str:
-    failed = collections.Counter(r.error_type for r in results if not r.ok)
-    ok = len(results) - sum(failed.values())
-    line = (f"unifiedreward: {len(results)} items in {seconds:.1f} s "
-            f"({len(results) / seconds if seconds else 0:.1f} items/s): {ok} ok, {sum(failed.values())} failed")
-    if failed:
-        line += " (" + ", ".join(f"{kind} {count}" for kind, count in failed.most_common()) + ")"
-    if logprobs:
-        hard = [r for r in results if r.ok and r.reward_kind == "hard"]
-        fallbacks = sum(get_task(r.task).soft_scores for r in hard)
-        line += (f"; rewards: {ok - len(hard)} soft, {fallbacks} fell back to hard (no soft score in the answer)"
-                 f", {len(hard) - fallbacks} hard (task has no soft score)")
-    return line
-
-
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
     options = dict(constraint=args.constraint, logprobs=_logprobs(args), debias=args.debias)
-    with _client(args) as client:
-        if args.input is None:
-            if not args.task:
-                raise BadInputError("give --task (and media and fields), or --input items.jsonl")
+    if args.input is None:
+        if not args.task:
+            raise BadInputError("give --task (and media and fields), or --input items.jsonl")
+        with _client(args) as client:
             result = client.score(args.task, _media(args), **options, **_fields(args))
-            print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-            return 0 if result.ok else 1
-        entries = read_items(args.input)
-        started = time.perf_counter()
-        results = client.score_batch(entries, concurrency=args.concurrency, deadline_s=args.deadline,
-                                     progress=sys.stderr.isatty(), **options)
-        elapsed = time.perf_counter() - started
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for result in results:
-            out.write(json.dumps(output_line(result), ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
-    print(_summary(results, elapsed, options["logprobs"]), file=sys.stderr)
-    return 0 if all(r.ok for r in results) else 1
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0 if result.ok else 1
+    if args.output is None and args.resume:
+        raise BadInputError("--resume needs --output (the file to continue)")
+    source = Source(args.input, mapping=parse_mapping(args.map), default_task=args.task)
+    sink = open_sink(args.output)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+
+    async def job() -> JobOutcome:
+        async with AsyncRewardClient(_urls(args), **_client_options(args)) as client:
+            return await run_job(client, source, sink, shard=Shard.parse(args.shard), resume=args.resume,
+                                 retry_failed=not args.resume_skip_failed, overwrite=args.overwrite,
+                                 ordered=not args.unordered, concurrency=args.concurrency, grace_s=args.grace,
+                                 progress=progress, deadline_s=args.deadline, **options)
+
+    outcome = asyncio.run(job())
+    print(job_summary(outcome, argv), file=sys.stderr)
+    return outcome.exit_code
 
 
 def cmd_group(args: argparse.Namespace) -> int:
@@ -223,9 +209,12 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return {"score": cmd_score, "group": cmd_group, "request": cmd_request}[args.command](args)
+        if args.command == "score":
+            return cmd_score(args, argv)
+        return {"group": cmd_group, "request": cmd_request}[args.command](args)
     except BadInputError as exc:
         print(f"unifiedreward: {exc}", file=sys.stderr)
         return 2

