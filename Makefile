@@ -35,10 +35,11 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-## side-by-side baselines and a load sweep on the tiny checkpoint: results/{compare,load}.{json,png}
+## side-by-side baselines, a load sweep on the tiny checkpoint, the client's feed rate: results/{compare,load,feed}.*
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
 	$(PY) -m benchmarks.load --serve-tiny --concurrency 1 8 32 64 --rate 1 2 --requests 32
+	$(PY) -m benchmarks.feed
 
 ## load test: BASE_URL=http://host:port/v1 for a running endpoint, else a tiny server for the run
 bench-load: setup

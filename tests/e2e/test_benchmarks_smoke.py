@@ -48,3 +48,20 @@ def test_compare_smoke(live_server, tmp_path):
     assert set(result["group_cache"]) >= {"prompt_token_ratio", "fraction_of_ideal", "wall_ratio"}
     assert result["group_cache"]["ours_computed_tokens"] < result["group_cache"]["ours_queried_tokens"]
     assert len(result["targets"]) == 6 and plot.stat().st_size > 10_000
+
+
+def test_feed_smoke(tmp_path):
+    """The feed benchmark needs no server (its stub answers): a seconds-long run writes its figures."""
+    out = tmp_path / "feed.json"
+    proc = run("benchmarks.feed", "--pairs", "12", "--repeats", "1", "--distinct", "2", "--rss-items", "20", "40",
+               "--kinds", "array_1024", "png_512", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for kind in ("array_1024", "png_512"):
+        figures = result["kinds"][kind]
+        assert figures["pairs"] == 12
+        assert figures["pairs_per_s"] == pytest.approx(figures["pairs"] / figures["seconds"])
+        assert figures["cores_used"] == pytest.approx(figures["cpu_s"] / figures["seconds"])
+        assert result["cores_per_h100"][kind]["roofline"] == pytest.approx(240 / figures["pairs_per_s_per_core"], 0.01)
+    assert [row["items"] for row in result["rss"]] == [20, 40] and all(row["rss_mb"] > 0 for row in result["rss"])
+    assert result["machine"]["cores"] >= 1
