@@ -70,6 +70,20 @@ def script(*answers: Callable[[httpx.Request], httpx.Response]) -> tuple[httpx.M
     return httpx.MockTransport(handler), hosts
 
 
+def by_host(answers: dict[str, Callable[[httpx.Request], httpx.Response]]) -> tuple[httpx.MockTransport, list[str]]:
+    """A transport answering chat requests per host; /health is 503 (a failed endpoint stays down).
+    Returns it and the list of hosts the chat requests went to."""
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/health"):
+            return httpx.Response(503)
+        hosts.append(request.url.host)
+        return answers[request.url.host](request)
+
+    return httpx.MockTransport(handler), hosts
+
+
 def run(coroutine):
     return asyncio.run(coroutine)
 
@@ -92,17 +106,10 @@ def test_a_stream_that_fails_part_way_is_retried_on_the_other_endpoint(failure):
     """Item 3 of the issue: every failure while a streamed answer is read goes through the same rule as a
     plain request: retried, on another endpoint, and the failing endpoint is marked."""
     answers = {"bad": FAILURES_MID_STREAM[failure], "good": lambda r: stream_response(*GOOD_STREAM)}
-    hosts: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/health"):
-            return httpx.Response(503)
-        hosts.append(request.url.host)
-        return answers[request.url.host](request)
+    transport, hosts = by_host(answers)
 
     async def scenario():
-        async with AsyncRewardClient(["http://bad/v1", "http://good/v1"],
-                                     transport=httpx.MockTransport(handler)) as client:
+        async with AsyncRewardClient(["http://bad/v1", "http://good/v1"], transport=transport) as client:
             client.pool.endpoints[1].in_flight = 1  # the first pick goes to "bad"
             completion = await client.complete(REQUEST, stream=True)
             client.pool.endpoints[1].in_flight = 0
@@ -167,15 +174,10 @@ def test_retry_after_is_honoured_when_no_other_endpoint_can_take_the_retry():
 def test_retry_after_sends_the_retry_elsewhere_when_another_endpoint_is_up():
     answers = {"busy": lambda r: httpx.Response(429, headers={"Retry-After": "30"}, json={"error": "slow down"}),
                "free": lambda r: httpx.Response(200, json=chat_response())}
-    hosts: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        hosts.append(request.url.host)
-        return answers[request.url.host](request)
+    transport, hosts = by_host(answers)
 
     async def scenario():
-        async with AsyncRewardClient(["http://busy/v1", "http://free/v1"],
-                                     transport=httpx.MockTransport(handler)) as client:
+        async with AsyncRewardClient(["http://busy/v1", "http://free/v1"], transport=transport) as client:
             client.pool.endpoints[1].in_flight = 1  # the first pick goes to "busy"
             completion = await client.complete(REQUEST)
             busy = client.pool.endpoints[0]
