@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from clients import AsyncRewardClient, EncodeOptions, build_request, encode_media
+from clients import MAX_PIXELS, AsyncRewardClient, EncodeOptions, build_request, encode_media
 from prompts import get_task
 from testkit.media import synthetic_image
 
@@ -163,12 +163,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     mix = parse_mix(args.task or [DEFAULT_TASK])
-    client = AsyncRewardClient(args.base_url, api_key=args.api_key, model=args.model, max_retries=0)
+    client = AsyncRewardClient(args.base_url, api_key=args.api_key, model=args.model, max_retries=0,
+                               max_pixels=args.max_pixels)
     levels = [("concurrency", c) for c in args.concurrency] + [("rate", r) for r in args.rate]
     total = args.requests * len(levels)
     result: dict[str, Any] = {"config": {"base_urls": args.base_url, "tasks": [f"{n}={w:g}" for n, w in mix],
                                          "requests_per_level": args.requests, "image_size": args.image_size,
-                                         "fixed_output": args.fixed_output},
+                                         "fixed_output": args.fixed_output, "profile": args.profile,
+                                         "client_max_pixels": args.max_pixels},
                               "closed_loop": [], "open_loop": []}
     try:
         print(f"load: encoding {total} requests before the clock starts", file=sys.stderr)
@@ -204,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("results/load.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/load.png"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--profile", help="with --serve-tiny: a serving profile (e.g. authors: no pixel cap)")
+    parser.add_argument("--max-pixels", type=lambda v: None if v.lower() == "none" else int(v), default=MAX_PIXELS,
+                        help=f"the client's resize target per image (default {MAX_PIXELS}; none: full size, as "
+                             f"the authors' client sends)")
     return parser
 
 
@@ -216,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_tiny:
         from serving.process import ServerProcess
 
-        server = ServerProcess(["--model", "tiny"], log_path=args.out.parent / "load-server.log")
+        profile = ["--profile", args.profile] if args.profile else []
+        server = ServerProcess(["--model", "tiny", *profile], log_path=args.out.parent / "load-server.log")
         print("load: starting the vLLM server on the tiny checkpoint", file=sys.stderr)
         server.start().wait_ready()
         args.base_url = [server.base_url]

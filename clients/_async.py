@@ -44,7 +44,10 @@ class AsyncRewardClient:
             results = await client.score_batch(items, concurrency=64)
 
     `timeout`: seconds per attempt (reading the answer); `connect_timeout`: seconds to open a connection,
-    so an unreachable replica costs seconds, not the whole timeout. `transport`: an httpx transport to use
+    so an unreachable replica costs seconds, not the whole timeout. Images are resized to `max_pixels`
+    (the server's cap: more would be thrown away); max_pixels=None sends them at their own size, for the
+    `authors` serving profile (no cap). video_mode="frames" (default) sends a video as image frames, the
+    layout the model was trained on; "url" sends the file for the server to sample, off that layout. `transport`: an httpx transport to use
     instead of the network (tests script the wire with httpx.MockTransport).
     """
 
@@ -52,7 +55,7 @@ class AsyncRewardClient:
                  model: str = DEFAULT_MODEL, timeout: float = DEFAULT_TIMEOUT_S,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
                  image_format: str = DEFAULT_IMAGE_FORMAT, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                 min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, video_mode: str = "frames",
+                 min_pixels: int = MIN_PIXELS, max_pixels: int | None = MAX_PIXELS, video_mode: str = "frames",
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:

@@ -27,8 +27,8 @@ class EncodeOptions:
     image_format: str = DEFAULT_IMAGE_FORMAT
     quality: int = DEFAULT_JPEG_QUALITY
     min_pixels: int = MIN_PIXELS
-    max_pixels: int = MAX_PIXELS
-    video_mode: str = "frames"
+    max_pixels: int | None = MAX_PIXELS  # None: full size (a server without a pixel cap)
+    video_mode: str = "frames"  # "url": the file, for the server to sample: off the trained frame layout
 
 
 def resolve_task(task: str | Task) -> Task:

@@ -89,14 +89,19 @@ def is_url(item: object) -> bool:
 
 def encode_image(item: ImageInput, *, image_format: str = DEFAULT_IMAGE_FORMAT,
                  quality: int = DEFAULT_JPEG_QUALITY, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS) -> str:
-    """A data URL for one image (URLs pass through), resized to the server's target size."""
+                 max_pixels: int | None = MAX_PIXELS) -> str:
+    """A data URL for one image (URLs pass through), resized to the server's target size. max_pixels=None
+    sends the image at its own size, as the authors' client does (for a server without a pixel cap: the
+    `authors` serving profile)."""
     if is_url(item):
         return item  # type: ignore[return-value]
-    image = load_image(item, pixel_bounds=(min_pixels, max_pixels))
+    image = load_image(item, pixel_bounds=None if max_pixels is None else (min_pixels, max_pixels))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    height, width = smart_resize(image.height, image.width, IMAGE_FACTOR, min_pixels, max_pixels)
+    if max_pixels is None:
+        width, height = image.size
+    else:
+        height, width = smart_resize(image.height, image.width, IMAGE_FACTOR, min_pixels, max_pixels)
     if (width, height) != image.size:
         # Area-average by the integer factor first, then bicubic for the rest: as sharp as a plain bicubic
         # for shrinking, and ~6x faster (1024 -> 512: 1.7 ms instead of 11 ms). CPU spent here is CPU

@@ -99,6 +99,14 @@ def test_routes_a_reward_client_does_not_use_are_closed(api):
     assert response.status_code == 404 and "not served by this endpoint" in response.json()["error"]["message"]
 
 
+def test_the_model_path_is_a_served_name_too(shared_server, api_key):
+    """verl-omni sends the model path as "model": the shared profile answers it (the default profile too:
+    tests/e2e/test_integrations_live.py)."""
+    with RewardClient(shared_server.base_url, api_key=api_key, model="CodeGoat24/UnifiedReward-2.0-qwen3vl-2b") as client:
+        result = client.score("image_gen.pair_rank", [picture(1), picture(2)], caption="a red circle")
+    assert result.ok, result.error
+
+
 def test_the_client_with_the_key_scores_and_bad_items_fail_alone(shared_server, api_key):
     good = [Item("image_gen.pair_rank", [picture(i), picture(i + 1)], {"caption": "a red circle"}) for i in range(4)]
     bomb = Item("image_gen.pair_rank", [picture(9), picture(9, size=5000)], {"caption": "a red circle"})

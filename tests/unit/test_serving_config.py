@@ -19,7 +19,7 @@ def parsed():
 
 def test_defaults_parse_with_vllms_parser(parsed):
     assert parsed.model == "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"
-    assert parsed.served_model_name == ["UnifiedReward"]
+    assert parsed.served_model_name == ["UnifiedReward", "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"]
     assert parsed.dtype == "bfloat16"
     assert parsed.enable_prefix_caching is True
     assert parsed.max_model_len == 8192
@@ -30,20 +30,35 @@ def test_multimodal_limits_and_pixel_cap(parsed):
     limit = parsed.limit_mm_per_prompt
     assert limit["image"] == 16 and limit["video"] == 2
     size = parsed.mm_processor_kwargs["images_kwargs"]["size"]
-    assert size["longest_edge"] == 262144  # the authors' training cap, 512 x 512
+    assert size["longest_edge"] == 262144  # 512 x 512 (the Qwen2.5-VL 7B recipe's cap: see defaults.toml)
     assert "max_pixels" not in json.dumps(parsed.mm_processor_kwargs)  # ignored by Qwen3-VL's processors
 
 
 def test_greedy_generation_defaults(parsed):
-    assert parsed.override_generation_config["temperature"] == 0.0
-    assert parsed.override_generation_config["max_new_tokens"] > 0
+    """Greedy by default, and the checkpoint's own sampling settings neutralised: a request asking for
+    sampling gets plain sampling, not the checkpoint's top_p / top_k / repetition penalty."""
+    from vllm import SamplingParams
+
+    override = parsed.override_generation_config
+    assert override["temperature"] == 0.0 and override["max_new_tokens"] > 0
+    assert (override["top_p"], override["top_k"], override["repetition_penalty"]) == (1.0, 0, 1.0)
+    neutral = SamplingParams()
+    assert (neutral.top_p, neutral.top_k, neutral.repetition_penalty) == (1.0, 0, 1.0)
+
+
+def test_authors_profile_serves_as_their_script():
+    """vllm_server.sh: no pixel cap, 32 images, prefix caching, the same served name."""
+    parsed = vllm_parse(ServeConfig.load(profiles=["authors"]).vllm_args())
+    assert parsed.mm_processor_kwargs in ({}, None)
+    assert parsed.limit_mm_per_prompt["image"] == 32 and parsed.enable_prefix_caching is True
+    assert parsed.served_model_name[0] == "UnifiedReward" and parsed.max_model_len == 32768
 
 
 def test_engine_args_accept_the_config(parsed):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     engine_args = AsyncEngineArgs.from_cli_args(parsed)
-    assert engine_args.served_model_name == ["UnifiedReward"]
+    assert engine_args.served_model_name == ["UnifiedReward", "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"]
     assert engine_args.enable_prefix_caching is True
 
 
