@@ -49,6 +49,9 @@ def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_
     assert all(r.ok for r in results), [str(r.error) for r in results if not r.ok][:3]
     answers = upstream_answers(front.access_log)
     successes = [a for a in answers if a[1] == "200"]
-    assert len(successes) == N, "every item answered exactly once by a replica"
+    # Every item answered by a replica; an answer more only for an item the client had to send again (a
+    # replica killed while its 200 was still on the wire: nginx logs the 200, the client gets a cut body).
+    retried = sum(r.attempts - 1 for r in results)
+    assert N <= len(successes) <= N + retried, (len(successes), retried)
     assert {a for a, _ in successes} == {victim, survivor}  # both replicas served this batch
     assert sum(a == survivor for a, _ in successes) > sum(a == victim for a, _ in successes)
