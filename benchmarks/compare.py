@@ -61,10 +61,11 @@ HOT_TASK, LONG_TASK, GROUP_TASK = "image_gen.pair_rank", "image_gen.pair_score",
 OUR_CONCURRENCY = 64
 REFERENCE_THREADS = 16
 OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated throughput
-SIZES = {
-    "full": dict(pairs=48, open=64, group=8, image=1024, repeats=5, open_repeats=3, classic=2,
-                 curve=(0.4, 0.6, 0.8, 1.0)),
-    "quick": dict(pairs=4, open=4, group=4, image=512, repeats=3, open_repeats=3, classic=1, curve=(0.8,)),
+SIZES = {  # open: requests per open-loop run; the hot path's p99 needs more samples than the long answer's
+    "full": dict(pairs=48, open={"hot": 96, "long": 64}, group=8, image=1024, repeats=7, open_repeats=3,
+                 group_repeats=9, stack_repeats=3, classic=2, warmup=16, curve=(0.4, 0.6, 0.8, 1.0)),
+    "quick": dict(pairs=4, open={"hot": 4, "long": 4}, group=4, image=512, repeats=3, open_repeats=3,
+                  group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,)),
 }
 TARGETS = {
     "consistency.max_relative_difference": ("<=", 0.15),
@@ -296,12 +297,19 @@ def arrivals_at(rate: float, count: int, seed: int) -> list[float]:
 
 
 def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: str, size: dict[str, Any],
-                     log: Callable[[str], None]) -> dict[str, Any]:
+                     log: Callable[[str], None], curve: bool = False) -> dict[str, Any]:
     """Closed-loop throughput of the three ways, open-loop p99 at OPEN_LOAD of the reference's throughput,
-    and the latency/throughput curve of both clients."""
+    and (curve=True) the latency/throughput curve of both clients."""
     pairs = inputs.pairs(name)[: size["pairs"]]
     n, repeats = len(pairs), size["repeats"]
     requests = workload.prebuilt(target, pairs)  # before any clock
+    # One untimed run of each way first: the first run after a change of workload measured slower (new
+    # shapes in the server, cold connection pools), and it must not decide a median.
+    log(f"{name}: warm-up, untimed")
+    warm = pairs[: size["warmup"]]
+    workload.reference(target, warm)
+    workload.ours(target, warm)
+    workload.ceiling(target, requests[: size["warmup"]])
     runs: dict[str, list[dict[str, Any]]] = {"reference": [], "ours": [], "ceiling": []}
     for repeat in range(repeats):  # interleaved, so that a slow moment of the machine hits all three
         log(f"{name}: closed loop, repeat {repeat + 1}/{repeats}")
@@ -310,7 +318,7 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
         runs["ceiling"].append(timed(target, n, lambda: workload.ceiling(target, requests)))
     closed = {way: repeated(r) for way, r in runs.items()}
     saturated = closed["reference"]["pairs_per_s"]
-    open_pairs = inputs.pairs(name)[: size["open"]]
+    open_pairs = inputs.pairs(name)[: size["open"][name]]
     p99 = {"reference": [], "ours": []}
     for repeat in range(size["open_repeats"]):
         log(f"{name}: open loop at {OPEN_LOAD:g} x {saturated:.2f} pairs/s, repeat {repeat + 1}/{size['open_repeats']}")
@@ -318,14 +326,15 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
         p99["reference"].append(timed(target, len(open_pairs), lambda: workload.reference(target, open_pairs, arrivals)))
         p99["ours"].append(timed(target, len(open_pairs), lambda: workload.ours(target, open_pairs, arrivals)))
     open_loop = {way: repeated(r) for way, r in p99.items()}
-    curve = []
-    for load in size["curve"]:
+    points = []
+    for load in size["curve"] if curve else ():
+        log(f"{name}: latency curve at {load:g} x {saturated:.2f} pairs/s")
         arrivals = arrivals_at(load * saturated, len(open_pairs), seed=100)
         target.reset()
         ref = workload.reference(target, open_pairs, arrivals)
         target.reset()
         ours = workload.ours(target, open_pairs, arrivals)
-        curve.append({"offered_pairs_per_s": load * saturated, "reference_p99_s": ref["p99_s"],
+        points.append({"offered_pairs_per_s": load * saturated, "reference_p99_s": ref["p99_s"],
                       "ours_p99_s": ours["p99_s"]})
     ours, reference, ceiling = closed["ours"]["pairs_per_s"], saturated, closed["ceiling"]["pairs_per_s"]
     return {
@@ -335,7 +344,7 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
         "ours_pairs_per_s": ours, "reference_pairs_per_s": reference, "ceiling_pairs_per_s": ceiling,
         "open_loop_rate": OPEN_LOAD * saturated, "ours_p99_s": open_loop["ours"]["p99_s"],
         "reference_p99_s": open_loop["reference"]["p99_s"],
-        "closed_loop": closed, "open_loop": open_loop, "curve": curve,
+        "closed_loop": closed, "open_loop": open_loop, "curve": points,
         "reference_threads": REFERENCE_THREADS, "our_concurrency": OUR_CONCURRENCY,
     }
 
@@ -375,9 +384,12 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
         queried, computed = computed_prompt_tokens(before, after)
         return {"wall_s": wall, "queried_tokens": queried, "computed_tokens": computed, "block_size": after["block_size"]}
 
+    log(f"group of {n}: warm-up, untimed")
+    target.reset()
+    peers(), ours()
     runs: dict[str, list[dict[str, Any]]] = {"peers": [], "ours": []}
-    for repeat in range(size["repeats"]):
-        log(f"group of {n}: repeat {repeat + 1}/{size['repeats']}")
+    for repeat in range(size["group_repeats"]):  # a group takes about a second: more repeats than the rest
+        log(f"group of {n}: repeat {repeat + 1}/{size['group_repeats']}")
         runs["peers"].append(timed(target, len(pairs), peers))
         runs["ours"].append(timed(target, len(pairs), ours))
     theirs, mine = repeated(runs["peers"]), repeated(runs["ours"])
@@ -399,8 +411,10 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
             "shared_prefix_tokens": prefix, "peers": theirs, "ours": mine}
 
 
-def measure_pass(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    hot = measure_workload(target, Workload(HOT_TASK, None), inputs, "hot", size, log)
+def measure_pass(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None],
+                 curve: bool) -> dict[str, Any]:
+    """Every workload once; the hot path's latency curve (for the plot only) when `curve`."""
+    hot = measure_workload(target, Workload(HOT_TASK, None), inputs, "hot", size, log, curve=curve)
     long = measure_workload(target, Workload(LONG_TASK, get_task(LONG_TASK).typical_tokens), inputs, "long", size, log)
     group = measure_group(target, inputs, size, log)
     frontend = {f"{way}_{kind}_cpu_ms_per_pair": hot["closed_loop"][way].get(f"{kind}_cpu_ms_per_pair")
@@ -429,8 +443,10 @@ def measure_stack(base_url: str, inputs: Inputs, ours: dict[str, Any], size: dic
     workload = Workload(HOT_TASK, None)
     pairs = inputs.pairs("hot")[: size["pairs"]]
     runs = []
-    for repeat in range(size["repeats"]):
-        log(f"stack: the authors' server and request pattern, repeat {repeat + 1}/{size['repeats']}")
+    log("stack: warm-up, untimed")
+    workload.reference(target, pairs[: size["warmup"]])
+    for repeat in range(size["stack_repeats"]):
+        log(f"stack: the authors' server and request pattern, repeat {repeat + 1}/{size['stack_repeats']}")
         runs.append(timed(target, len(pairs), lambda: workload.reference(target, pairs)))
     theirs = repeated(runs)
     mine = ours["closed_loop"]["ours"]
@@ -538,8 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serving.process import ServerProcess
     from serving.tiny import ensure_checkpoint
 
-    inputs = Inputs(args.data_dir, size["image"], {"hot": 2 * max(size["pairs"], size["open"]),
-                                                   "long": 2 * max(size["pairs"], size["open"]),
+    inputs = Inputs(args.data_dir, size["image"], {"hot": 2 * max(size["pairs"], size["open"]["hot"]),
+                                                   "long": 2 * max(size["pairs"], size["open"]["long"]),
                                                    "group": size["group"], "classic": 2 * size["classic"]})
     log(f"preparing inputs (before any clock): {args.data_dir}")
     prepare_s = inputs.prepare()
@@ -560,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         passes = []
         for number in (1, 2):
             log(f"pass {number} of 2")
-            passes.append(measure_pass(target, inputs, size, log))
+            passes.append(measure_pass(target, inputs, size, log, curve=number == 2))
     finally:
         if server is not None:
             server.stop()

@@ -49,6 +49,7 @@ def test_compare_smoke(live_server, tmp_path):
             low, high = figures["min_max"]["pairs_per_s"]
             assert low <= figures["pairs_per_s"] <= high
         assert w["open_loop_rate"] == pytest.approx(0.8 * w["reference_pairs_per_s"])
+    assert len(result["hot_path"]["curve"]) == 1 and not result["passes"][0]["hot_path"]["curve"]  # the plot's pass
     assert result["reference_client_vs_ours"]["throughput_ratio"] == result["long_answer"]["throughput_ratio"]
     classic = result["classic_vs_served"]
     assert classic["ratio"] == pytest.approx(classic["served_pairs_per_s"] / classic["classic_pairs_per_s"])
