@@ -254,11 +254,17 @@ def test_ctrl_c_cancels_the_batch_in_flight_and_re_raises():
     client = RewardClient("http://replica/v1", transport=httpx.MockTransport(never_answers))
     items = [Item("image_gen.pair_rank", ["data:image/png;base64,AA==", "data:image/png;base64,AB=="],
                   {"caption": "c"}, id=i) for i in range(3)]
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell's background job (`make test &`)
+    # starts with SIGINT ignored, and then no KeyboardInterrupt would come.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.0, lambda: started.wait(10) and os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     began = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        client.score_batch(items, concurrency=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.score_batch(items, concurrency=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - began < 10
     assert cancelled.is_set(), "the request in flight was still running after Ctrl-C"
     pending = asyncio.run_coroutine_threadsafe(_other_tasks(), client._loop).result(5)
