@@ -3,12 +3,14 @@
   hot_path     image_gen.pair_rank with its constraint (~7 output tokens), 1024^2 inputs: the authors' request
                pattern (16 threads, full-size JPEG q95) vs this project's client vs the ceiling (the same
                server fed requests encoded before the clock); p99 of both clients in open loop at 0.8 of the
-               reference's saturated throughput, and their latency/throughput curves.
+               reference's saturated throughput (the first pass's, in both passes; p99 over every request
+               of the open-loop runs), and their latency/throughput curves.
   long_answer  image_gen.pair_score, 153 output tokens (the authors' example answer): the same three.
                Also under its old keys: reference_client_vs_ours, and classic_vs_served (transformers
                generate, one request at a time, against the served path).
   group        a GRPO group of 8 candidates, all 28 pairs: the peers' way (a 16-thread pool over the pairs,
-               each image read and encoded per pair at full size, PNG paths) vs rank_group. (group_cache.*)
+               each image read and encoded per pair at full size, PNG paths) vs rank_group; 4 groups in a
+               row per repeat, wall time per group. (group_cache.*)
   stack        the whole stack as a user switching would see it: the authors' serving flags (profile
                `authors`: no pixel cap) with their request pattern, vs this project's defaults and client,
                on the same 1024^2 pairs (only when this script starts the servers).
@@ -61,15 +63,23 @@ HOT_TASK, LONG_TASK, GROUP_TASK = "image_gen.pair_rank", "image_gen.pair_score",
 OUR_CONCURRENCY = 64
 REFERENCE_THREADS = 16
 OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated throughput
-# Per workload: pairs per closed-loop run and requests per open-loop run. The long answer's closed loop is
-# longer: the reference's 16 threads spend 153 decode steps per request, so 48 pairs were 3 requests per
-# thread and its throughput varied 3.5-5.7 pairs/s between runs; its open-loop rate (and so both p99s)
-# follows that median. The hot path's p99 needs more samples than the long answer's.
+# Per workload: pairs per closed-loop run and requests per open-loop run, chosen from the spread measured
+# in earlier runs (benchmarks/README.md, "Making it repeatable"):
+# - closed loop: long runs (the reference's 16 threads send 4 and 8 requests each), so that the ramp-up and
+#   the last, part-empty round weigh little; 48 pairs of the long answer were 3 requests per thread and its
+#   throughput varied 3.5-5.7 pairs/s.
+# - open loop: p99 is taken over all requests of the `open_repeats` runs pooled (384 and 256), never the
+#   median of per-run p99s of 64-96 requests (those spanned 1.1-1.8 s for one client in one pass).
+# - group: a repeat scores `groups` groups in a row (a GRPO step scores many); one group's thread pool
+#   took 1.8-3.5 s for the same 28 pairs.
+# - curve: the plot's latency/throughput curve, fewer requests per point (it is not a target).
 SIZES = {
-    "full": dict(pairs={"hot": 48, "long": 96}, open={"hot": 96, "long": 64}, group=8, image=1024, repeats=7,
-                 open_repeats=3, group_repeats=9, stack_repeats=3, classic=2, warmup=16, curve=(0.4, 0.6, 0.8, 1.0)),
-    "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, image=512, repeats=3,
-                  open_repeats=3, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,)),
+    "full": dict(pairs={"hot": 64, "long": 128}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
+                 repeats=5, open_repeats=4, group_repeats=7, stack_repeats=3, classic=2, warmup=16,
+                 curve=(0.4, 0.6, 0.8, 1.0), curve_requests=48),
+    "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, groups=2, image=512, repeats=3,
+                  open_repeats=3, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),
+                  curve_requests=4),
 }
 TARGETS = {
     "consistency.max_relative_difference": ("<=", 0.15),
@@ -233,7 +243,7 @@ class Workload:
         if failed:
             raise RuntimeError(f"reference client: {len(failed)} requests failed ({failed[0]['error']})")
         latencies = [s["latency_s"] for s in samples]
-        return {"pairs_per_s": len(samples) / wall, "p99_s": percentile(latencies, 99),
+        return {"pairs_per_s": len(samples) / wall, "p99_s": percentile(latencies, 99), "latencies_s": latencies,
                 "prompt_tokens": statistics.mean(s["prompt_tokens"] for s in samples)}
 
     def ours(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None) -> dict[str, Any]:
@@ -259,8 +269,11 @@ class Workload:
         unanswered = [r for r in results if not answered(r)]
         if unanswered:
             raise RuntimeError(f"our client: {len(unanswered)} requests failed ({unanswered[0].error})")
-        return {"pairs_per_s": len(results) / wall, "p99_s": percentile(latencies, 99),
-                "prompt_tokens": statistics.mean(r.usage.get("prompt_tokens", 0) for r in results)}
+        missing = [r for r in results if "prompt_tokens" not in r.usage]
+        if missing:  # a figure from the server's usage block, never a default in its place
+            raise RuntimeError(f"our client: {len(missing)} answers have no usage.prompt_tokens")
+        return {"pairs_per_s": len(results) / wall, "p99_s": percentile(latencies, 99), "latencies_s": latencies,
+                "prompt_tokens": statistics.mean(r.usage["prompt_tokens"] for r in results)}
 
     def prebuilt(self, target: Target, pairs: list[list[Path]]) -> list[dict[str, Any]]:
         """The ceiling's requests, encoded by our client's encoder before its clock starts."""
@@ -301,9 +314,11 @@ def arrivals_at(rate: float, count: int, seed: int) -> list[float]:
 
 
 def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: str, size: dict[str, Any],
-                     log: Callable[[str], None], curve: bool = False) -> dict[str, Any]:
-    """Closed-loop throughput of the three ways, open-loop p99 at OPEN_LOAD of the reference's throughput,
-    and (curve=True) the latency/throughput curve of both clients."""
+                     log: Callable[[str], None], curve: bool = False, saturated: float | None = None) -> dict[str, Any]:
+    """Closed-loop throughput of the three ways, open-loop p99 at OPEN_LOAD of the reference's saturated
+    throughput, and (curve=True) the latency/throughput curve of both clients. `saturated`: the reference's
+    throughput that sets the open-loop rate (the first pass's, so that both passes offer the same load: near
+    saturation p99 follows the rate steeply, and a 10 % noisier median doubled it); None: this pass's."""
     pairs = inputs.pairs(name)[: size["pairs"][name]]
     n, repeats = len(pairs), size["repeats"]
     requests = workload.prebuilt(target, pairs)  # before any clock
@@ -321,32 +336,42 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
         runs["ours"].append(timed(target, n, lambda: workload.ours(target, pairs)))
         runs["ceiling"].append(timed(target, n, lambda: workload.ceiling(target, requests)))
     closed = {way: repeated(r) for way, r in runs.items()}
-    saturated = closed["reference"]["pairs_per_s"]
+    rate_source = "this pass's reference median" if saturated is None else "the first pass's reference median"
+    if saturated is None:
+        saturated = closed["reference"]["pairs_per_s"]
     open_pairs = inputs.pairs(name)[: size["open"][name]]
     p99 = {"reference": [], "ours": []}
-    for repeat in range(size["open_repeats"]):
+    for repeat in range(size["open_repeats"]):  # the same arrival times for both clients, in both passes
         log(f"{name}: open loop at {OPEN_LOAD:g} x {saturated:.2f} pairs/s, repeat {repeat + 1}/{size['open_repeats']}")
         arrivals = arrivals_at(OPEN_LOAD * saturated, len(open_pairs), seed=repeat)
         p99["reference"].append(timed(target, len(open_pairs), lambda: workload.reference(target, open_pairs, arrivals)))
         p99["ours"].append(timed(target, len(open_pairs), lambda: workload.ours(target, open_pairs, arrivals)))
-    open_loop = {way: repeated(r) for way, r in p99.items()}
+    open_loop = {}
+    for way, way_runs in p99.items():
+        pooled = [latency for run in way_runs for latency in run["latencies_s"]]
+        open_loop[way] = repeated(way_runs)
+        open_loop[way]["median_run_p99_s"] = open_loop[way]["p99_s"]
+        open_loop[way]["p99_s"] = percentile(pooled, 99)  # over every request of every run
+        open_loop[way]["requests"] = len(pooled)
     points = []
+    curve_pairs = open_pairs[: size["curve_requests"]]
     for load in size["curve"] if curve else ():
         log(f"{name}: latency curve at {load:g} x {saturated:.2f} pairs/s")
-        arrivals = arrivals_at(load * saturated, len(open_pairs), seed=100)
+        arrivals = arrivals_at(load * saturated, len(curve_pairs), seed=100)
         target.reset()
-        ref = workload.reference(target, open_pairs, arrivals)
+        ref = workload.reference(target, curve_pairs, arrivals)
         target.reset()
-        ours = workload.ours(target, open_pairs, arrivals)
+        ours = workload.ours(target, curve_pairs, arrivals)
         points.append({"offered_pairs_per_s": load * saturated, "reference_p99_s": ref["p99_s"],
-                      "ours_p99_s": ours["p99_s"]})
-    ours, reference, ceiling = closed["ours"]["pairs_per_s"], saturated, closed["ceiling"]["pairs_per_s"]
+                      "ours_p99_s": ours["p99_s"], "requests": len(curve_pairs)})
+    ours, reference, ceiling = closed["ours"]["pairs_per_s"], closed["reference"]["pairs_per_s"], closed["ceiling"]["pairs_per_s"]
     return {
         "task": workload.task.name, "output_tokens": workload.output_tokens or "constrained", "pairs": n,
         "throughput_ratio": ours / reference, "fraction_of_ceiling": ours / ceiling,
         "p99_ratio": open_loop["ours"]["p99_s"] / open_loop["reference"]["p99_s"],
         "ours_pairs_per_s": ours, "reference_pairs_per_s": reference, "ceiling_pairs_per_s": ceiling,
-        "open_loop_rate": OPEN_LOAD * saturated, "ours_p99_s": open_loop["ours"]["p99_s"],
+        "open_loop_rate": OPEN_LOAD * saturated, "open_loop_rate_from": rate_source,
+        "saturated_pairs_per_s": saturated, "ours_p99_s": open_loop["ours"]["p99_s"],
         "reference_p99_s": open_loop["reference"]["p99_s"],
         "closed_loop": closed, "open_loop": open_loop, "curve": points,
         "reference_threads": REFERENCE_THREADS, "our_concurrency": OUR_CONCURRENCY,
@@ -355,10 +380,13 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
 
 def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Peers: a thread pool over all pairs, each image read and encoded per pair at full size. Ours:
-    rank_group. Computed prompt tokens from vLLM's prefix-cache counters; wall time."""
+    rank_group. A repeat scores `groups` groups (distinct images) one after the other, as a GRPO step does;
+    wall times are per group (the repeat's total / groups). Computed prompt tokens from vLLM's prefix-cache
+    counters, over the repeat."""
     task = get_task(GROUP_TASK)
-    images = inputs.images("group")
-    n = len(images)
+    n, count = size["group"], size["groups"]
+    flat = inputs.images("group")
+    groups = [flat[g * n: (g + 1) * n] for g in range(count)]
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     prompt = task.render(caption=CAPTION)
     extra = {"structured_outputs": task.structured_outputs}
@@ -367,35 +395,38 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
     def peers() -> dict[str, Any]:
         before = scrape(target.url)
         started = time.perf_counter()
-        with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
-            samples = list(pool.map(lambda p: reference.send([images[p[0]], images[p[1]]], prompt, task.max_tokens,
-                                                             extra), pairs))
+        for images in groups:
+            with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+                samples = list(pool.map(lambda p: reference.send([images[p[0]], images[p[1]]], prompt,
+                                                                 task.max_tokens, extra), pairs))
+            if not all(s["ok"] for s in samples):
+                raise RuntimeError(f"peers' group: {[s for s in samples if not s['ok']]}")
         wall = time.perf_counter() - started
-        if not all(s["ok"] for s in samples):
-            raise RuntimeError(f"peers' group: {samples}")
         queried, computed = computed_prompt_tokens(before, scrape(target.url))
-        return {"wall_s": wall, "queried_tokens": queried, "computed_tokens": computed}
+        return {"wall_s": wall / count, "queried_tokens": queried, "computed_tokens": computed}
 
     def ours() -> dict[str, Any]:
         before = scrape(target.url)
         with RewardClient(target.base_url) as client:
             started = time.perf_counter()
-            group = client.rank_group(GROUP_TASK, images, concurrency=len(pairs), caption=CAPTION)
+            for images in groups:
+                group = client.rank_group(GROUP_TASK, images, concurrency=len(pairs), caption=CAPTION)
+                if group.errors:
+                    raise RuntimeError(f"rank_group: {group.errors} pairs failed")
             wall = time.perf_counter() - started
-        if group.errors:
-            raise RuntimeError(f"rank_group: {group.errors} pairs failed")
         after = scrape(target.url)
         queried, computed = computed_prompt_tokens(before, after)
-        return {"wall_s": wall, "queried_tokens": queried, "computed_tokens": computed, "block_size": after["block_size"]}
+        return {"wall_s": wall / count, "queried_tokens": queried, "computed_tokens": computed,
+                "block_size": after["block_size"]}
 
     log(f"group of {n}: warm-up, untimed")
     target.reset()
     peers(), ours()
     runs: dict[str, list[dict[str, Any]]] = {"peers": [], "ours": []}
     for repeat in range(size["group_repeats"]):  # a group takes about a second: more repeats than the rest
-        log(f"group of {n}: repeat {repeat + 1}/{size['group_repeats']}")
-        runs["peers"].append(timed(target, len(pairs), peers))
-        runs["ours"].append(timed(target, len(pairs), ours))
+        log(f"{count} groups of {n}: repeat {repeat + 1}/{size['group_repeats']}")
+        runs["peers"].append(timed(target, count * len(pairs), peers))
+        runs["ours"].append(timed(target, count * len(pairs), ours))
     theirs, mine = repeated(runs["peers"]), repeated(runs["ours"])
     # The shared prefix of pairs with the same leading image: the chat header (3 tokens), <vision_start>, the
     # image's tokens, <vision_end>; vLLM caches whole KV blocks of it.
@@ -404,10 +435,10 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
     block = int(mine["block_size"])
     cacheable = (prefix // block) * block
     leaders = len({i for i, _ in pairs})
-    ideal_saving = (len(pairs) - leaders) * cacheable
+    ideal_saving = count * (len(pairs) - leaders) * cacheable
     our_saving = mine["queried_tokens"] - mine["computed_tokens"]
     return {"wall_ratio": theirs["wall_s"] / mine["wall_s"], "fraction_of_ideal": our_saving / ideal_saving,
-            "prompt_token_ratio": theirs["computed_tokens"] / mine["computed_tokens"], "pairs": len(pairs), "group": n,
+            "prompt_token_ratio": theirs["computed_tokens"] / mine["computed_tokens"], "pairs": len(pairs), "group": n, "groups_per_repeat": count,
             "theirs_wall_s": theirs["wall_s"], "ours_wall_s": mine["wall_s"],
             "theirs_computed_tokens": theirs["computed_tokens"], "theirs_queried_tokens": theirs["queried_tokens"],
             "ours_computed_tokens": mine["computed_tokens"], "ours_queried_tokens": mine["queried_tokens"],
@@ -416,10 +447,16 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
 
 
 def measure_pass(target: Target, inputs: Inputs, size: dict[str, Any], log: Callable[[str], None],
-                 curve: bool) -> dict[str, Any]:
-    """Every workload once; the hot path's latency curve (for the plot only) when `curve`."""
-    hot = measure_workload(target, Workload(HOT_TASK, None), inputs, "hot", size, log, curve=curve)
-    long = measure_workload(target, Workload(LONG_TASK, get_task(LONG_TASK).typical_tokens), inputs, "long", size, log)
+                 curve: bool, first: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every workload once; the hot path's latency curve (for the plot only) when `curve`. With `first` (the
+    first pass), the open loops offer the first pass's rates."""
+    def saturated(name: str) -> float | None:
+        return None if first is None else first[name]["saturated_pairs_per_s"]
+
+    hot = measure_workload(target, Workload(HOT_TASK, None), inputs, "hot", size, log, curve=curve,
+                           saturated=saturated("hot_path"))
+    long = measure_workload(target, Workload(LONG_TASK, get_task(LONG_TASK).typical_tokens), inputs, "long", size, log,
+                            saturated=saturated("long_answer"))
     group = measure_group(target, inputs, size, log)
     frontend = {f"{way}_{kind}_cpu_ms_per_pair": hot["closed_loop"][way].get(f"{kind}_cpu_ms_per_pair")
                 for way in ("ours", "reference", "ceiling") for kind in ("api", "engine", "client")}
@@ -561,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs, open_ = size["pairs"], size["open"]
     inputs = Inputs(args.data_dir, size["image"], {"hot": 2 * max(pairs["hot"], open_["hot"]),
                                                    "long": 2 * max(pairs["long"], open_["long"]),
-                                                   "group": size["group"], "classic": 2 * size["classic"]})
+                                                   "group": size["group"] * size["groups"], "classic": 2 * size["classic"]})
     log(f"preparing inputs (before any clock): {args.data_dir}")
     prepare_s = inputs.prepare()
     checkpoint = ensure_checkpoint()
@@ -581,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         passes = []
         for number in (1, 2):
             log(f"pass {number} of 2")
-            passes.append(measure_pass(target, inputs, size, log, curve=number == 2))
+            passes.append(measure_pass(target, inputs, size, log, curve=number == 2,
+                                       first=passes[0] if passes else None))
     finally:
         if server is not None:
             server.stop()
