@@ -403,14 +403,21 @@ class ParquetSink(Sink):
                                                          strict=True)}
 
     def drop(self, keys: set[str]) -> None:
+        """Remove the rows of `keys` file by file, each file replaced by its filtered copy in one rename (or
+        deleted when nothing is left): a crash at any moment leaves every row once, at worst some of the
+        rows to drop still there (the next resume drops them)."""
         if not keys or not self.exists():
             return
         pa = _pyarrow()
-        table, files = self._table()
-        kept = table.filter(pa.array([k not in keys for k in table["id"].to_pylist()]))
-        self._write(kept, f"part-{self._run}-resumed.parquet")
-        for file in files:
-            file.unlink()
+        for file in sorted(self.path.glob("*.parquet")):
+            table = pa.parquet.read_table(file, schema=_parquet_schema(pa))
+            keep = [k not in keys for k in table["id"].to_pylist()]
+            if all(keep):
+                continue
+            if not any(keep):
+                file.unlink()
+                continue
+            self._write(table.filter(pa.array(keep)), file.name)
 
 
 def _parquet_schema(pa):

@@ -145,6 +145,36 @@ def test_parquet_output_is_complete_files_of_row_groups(tmp_path):
     assert set(ParquetSink(tmp_path / "out.parquet").done()) == {str(i) for i in range(7)} - {"4"}
 
 
+def test_parquet_drop_is_atomic_per_file(tmp_path, monkeypatch):
+    """A crash in the middle of dropping failed rows (before a resume re-scores them) leaves every row once:
+    each part file is replaced by its filtered copy in one rename, never rewritten next to the old ones."""
+    folder = tmp_path / "out.parquet"
+    sink = ParquetSink(folder, rows_per_part=3)
+    for i in range(9):
+        sink.write(failed(i) if i in (1, 4, 6, 7, 8) else ok(i))
+    sink.close()
+    original = ParquetSink._write
+    calls = []
+
+    def crash_on_second(self, table, name):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies while replacing the second file
+        original(self, table, name)
+
+    monkeypatch.setattr(ParquetSink, "_write", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ParquetSink(folder).drop({"1", "4", "6", "7", "8"})
+    ids = pq.read_table(folder)["id"].to_pylist()
+    assert sorted(ids) == sorted(set(ids))  # no row twice
+    assert set(ids) == {str(i) for i in range(9)} - {"1"}  # the first file is done, the rest untouched
+    assert not list(folder.glob(".*.tmp"))  # no torn temporary file counts as a part
+    monkeypatch.setattr(ParquetSink, "_write", original)
+    ParquetSink(folder).drop({"4", "6", "7", "8"})  # the resume drops the rest
+    assert sorted(pq.read_table(folder)["id"].to_pylist()) == ["0", "2", "3", "5"]
+    assert len(list(folder.glob("*.parquet"))) == 2  # the third file held only failed rows: deleted
+
+
 def write_items(path: Path, n: int, bad: set[int] = frozenset(), duplicate: int | None = None) -> None:
     lines = []
     for i in range(n):
