@@ -24,7 +24,8 @@ from ._transport import ATTEMPT_ERRORS, backoff_s, classify, read_plain, read_st
 from ._types import Completion, Item, Logprobs, Result, orders_agree, to_result
 from .media import is_url
 from .errors import BadInputError, DeadlineExceededError, RewardError
-from .groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
+from .groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
+                     win_rates)
 
 ItemLike = Item | Mapping[str, Any] | Result
 Progress = bool | Callable[[Result], None]
@@ -299,7 +300,8 @@ class AsyncRewardClient:
         outcomes = {pair: r.reward for pair, r in results.items() if r.ok}
         return GroupResult(task=spec.name, win_rates=win_rates(n, outcomes), strengths=bradley_terry(n, outcomes),
                            games=games_played(n, outcomes),
-                           pairs=[results[p] for p in chosen], errors=sum(not r.ok for r in results.values()))
+                           pairs=[results[p] for p in chosen], errors=sum(not r.ok for r in results.values()),
+                           components=components(n, outcomes))
 
     async def aclose(self) -> None:
         await self.pool.aclose()

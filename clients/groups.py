@@ -46,6 +46,27 @@ def games_played(n: int, outcomes: dict[tuple[int, int], float]) -> list[int]:
     return games
 
 
+def components(n: int, outcomes: dict[tuple[int, int], float]) -> list[list[int]]:
+    """The connected components of the finished games, over the items that played (smallest index first).
+    Strengths (and win rates) compare only within a component: two items never linked by a chain of games
+    have no common scale."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in outcomes:
+        parent[root(i)] = root(j)
+    played = [i for i, g in enumerate(games_played(n, outcomes)) if g]
+    groups: dict[int, list[int]] = {}
+    for i in played:
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values())
+
+
 def win_rates(n: int, outcomes: dict[tuple[int, int], float]) -> list[float | None]:
     """Per item the mean score over its games; outcome (i, j) -> i's share in [0, 1] (a tie is 0.5).
     None for an item with no finished game."""
@@ -97,6 +118,13 @@ class GroupResult:
     games: list[int] = field(default_factory=list)
     pairs: list[Any] = field(default_factory=list)  # one Result per compared pair, in pair order
     errors: int = 0
+    components: list[list[int]] = field(default_factory=list)  # items linked by finished games
+
+    @property
+    def connected(self) -> bool:
+        """Every item that played is linked to every other by finished games: strengths share one scale.
+        False after a pair budget or failed pairs split the group; compare strengths within a component."""
+        return len(self.components) <= 1
 
     @property
     def ranking(self) -> list[int]:
@@ -108,4 +136,4 @@ class GroupResult:
                 "ranking": self.ranking,
                 "pairs": [{"pair": list(p.id), **{k: v for k, v in p.to_dict().items() if k != "id"}}
                           for p in self.pairs],
-                "errors": self.errors}
+                "errors": self.errors, "components": self.components, "connected": self.connected}

@@ -17,7 +17,8 @@ from clients import BadInputError, Item, Result
 from clients._transport import backoff_s
 from clients._constants import RETRY_BACKOFF_MAX_S
 from clients._endpoints import Endpoint, EndpointPool
-from clients.groups import GroupResult, all_pairs, bradley_terry, cache_friendly_waves, games_played, win_rates
+from clients.groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
+                            win_rates)
 from prompts import RankVerdict
 
 
@@ -164,6 +165,21 @@ def test_a_candidate_without_a_finished_game_has_no_strength_and_no_rank():
     out = json.loads(json.dumps(group.to_dict()))
     assert out["strengths"][3] is None and out["games"] == [2, 2, 2, 0] and out["ranking"] == [0, 1, 2]
     assert bradley_terry(3, {}) == [None, None, None]
+
+
+def test_a_split_comparison_graph_is_flagged():
+    """Pairs (0,1) and (2,3) only (a pair budget, or the linking pairs failed): 0 and 2 each won their one
+    game and get the same strength, but nothing says which is better. The result says so."""
+    outcomes = {(0, 1): 1.0, (2, 3): 1.0}
+    assert components(5, outcomes) == [[0, 1], [2, 3]]  # item 4 never played: in no component
+    strengths = bradley_terry(5, outcomes)
+    group = GroupResult("image_gen.pair_rank", win_rates(5, outcomes), strengths, games_played(5, outcomes),
+                        components=components(5, outcomes))
+    assert not group.connected and group.to_dict()["connected"] is False
+    assert group.to_dict()["components"] == [[0, 1], [2, 3]]
+    linked = {**outcomes, (1, 2): 0.5}
+    assert components(5, linked) == [[0, 1, 2, 3]]
+    assert GroupResult("t", [], [], components=components(5, linked)).connected
 
 
 def test_win_rates_and_bradley_terry():
