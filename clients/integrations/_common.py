@@ -71,12 +71,30 @@ _per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Asy
 
 def loop_client(urls: Sequence[str], **options: Any) -> AsyncRewardClient:
     """One AsyncRewardClient per running event loop and configuration (a client's connections belong to
-    the loop that opened them): verl's reward loop and TRL's daemon loop each keep theirs for the run."""
-    clients = _per_loop.setdefault(asyncio.get_running_loop(), {})
+    the loop that opened them): verl's reward loop and TRL's daemon loop each keep theirs for the run. A
+    loop that ends through `asyncio.run` (a trainer that runs one per step) closes its clients first."""
+    loop = asyncio.get_running_loop()
+    clients = _per_loop.setdefault(loop, {})
     key = _key(urls, options)
     if key not in clients:
-        clients[key] = AsyncRewardClient(list(urls), **options)
+        client = clients[key] = AsyncRewardClient(list(urls), **options)
+        # An async generator suspended in its try: the loop's shutdown (asyncio.run's shutdown_asyncgens)
+        # closes it, and its finally closes the client. Held by the client, so it lives as long as the client.
+        client._closed_with_loop = _closed_at_shutdown(loop, key, client)  # type: ignore[attr-defined]
+        asyncio.ensure_future(client._closed_with_loop.__anext__())  # type: ignore[attr-defined]
     return clients[key]
+
+
+async def _closed_at_shutdown(loop: asyncio.AbstractEventLoop, key: tuple, client: AsyncRewardClient):
+    try:
+        yield
+    finally:
+        await client.aclose()
+        clients = _per_loop.get(loop, {})
+        if clients.get(key) is client:  # the generator refers to the loop: drop the entry, or it lives on
+            del clients[key]
+        if not clients:
+            _per_loop.pop(loop, None)
 
 
 # -- failures ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from PIL import Image
 
 from clients import BadInputError
 from clients.integrations import flow_grpo, groups, trl, verl_omni
-from clients.integrations._common import endpoints, images_of, text_of, video_frames_of
+from clients.integrations._common import _per_loop, endpoints, images_of, loop_client, text_of, video_frames_of
 
 torch = pytest.importorskip("torch")
 
@@ -91,6 +91,25 @@ def test_endpoints_as_frameworks_give_them(monkeypatch):
     assert endpoints("http://a/v1") == ["http://a/v1"]
     monkeypatch.setenv("UNIFIEDREWARD_BASE_URL", "http://a:8000/v1, http://b:8000/v1")
     assert endpoints() == ["http://a:8000/v1", "http://b:8000/v1"]
+
+
+def test_a_loop_client_is_closed_when_its_asyncio_run_ends():
+    """A trainer that runs `asyncio.run(reward(...))` every step: each step's loop gets its own client, and
+    that client's connections are closed when the loop ends, not left to the garbage collector."""
+    async def step():
+        client = loop_client(["http://127.0.0.1:9/v1"])
+        assert loop_client(["http://127.0.0.1:9/v1"]) is client  # one per loop and configuration
+        await asyncio.sleep(0)
+        assert not client._http.is_closed
+        loops.append(asyncio.get_running_loop())
+        return client
+
+    loops = []
+    first = asyncio.run(step())
+    assert first._http.is_closed
+    second = asyncio.run(step())
+    assert second is not first and second._http.is_closed
+    assert not any(loop in _per_loop for loop in loops)  # and the ended loops are forgotten
 
 
 def test_flow_grpo_scores_info_and_failures():
