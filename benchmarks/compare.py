@@ -3,8 +3,8 @@
   hot_path     image_gen.pair_rank with its constraint (~7 output tokens), 1024^2 inputs: the authors' request
                pattern (16 threads, full-size JPEG q95) vs this project's client vs the ceiling (the same
                server fed requests encoded before the clock); p99 of both clients in open loop at 0.8 of the
-               reference's saturated throughput (the first pass's, in both passes; p99 over every request
-               of the open-loop runs), and their latency/throughput curves.
+               reference's saturated throughput (the first pass's, in both passes), and their latency/throughput
+               curves.
   long_answer  image_gen.pair_score, 153 output tokens (the authors' example answer): the same three.
                Also under its old keys: reference_client_vs_ours, and classic_vs_served (transformers
                generate, one request at a time, against the served path).
@@ -20,7 +20,8 @@
 Method: every input is made by one preparation step before any clock (PNG files on disk; the ceiling's
 requests are encoded before its clock); the server's prefix and multimodal caches are reset before every
 timed run (vLLM's dev endpoints), so each run sees the same cold cache whatever ran before it; every figure
-is the median of `repeats` runs with its min and max; the whole measurement runs twice (a first pass right
+is the median of `repeats` runs with its min and max, and every ratio the median of the per-repeat ratios
+of runs made side by side; the whole measurement runs twice (a first pass right
 after the inputs are prepared, then a second) and `consistency` reports the largest relative difference of
 any ratio between the two.
 
@@ -65,18 +66,19 @@ REFERENCE_THREADS = 16
 OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated throughput
 # Per workload: pairs per closed-loop run and requests per open-loop run, chosen from the spread measured
 # in earlier runs (benchmarks/README.md, "Making it repeatable"):
-# - closed loop: long runs (the reference's 16 threads send 4 and 8 requests each), so that the ramp-up and
+# - every ratio is the median of its per-repeat ratios (the two ways' runs of one repeat are side by side,
+#   so a slow minute of the machine cancels out), not the ratio of two medians;
+# - closed loop: long runs (the reference's 16 threads send 4 and 10 requests each), so that the ramp-up and
 #   the last, part-empty round weigh little; 48 pairs of the long answer were 3 requests per thread and its
-#   throughput varied 3.5-5.7 pairs/s.
-# - open loop: p99 is taken over all requests of the `open_repeats` runs pooled (384 and 256), never the
-#   median of per-run p99s of 64-96 requests (those spanned 1.1-1.8 s for one client in one pass).
+#   throughput varied 3.5-5.7 pairs/s;
+# - open loop: both passes offer the first pass's rate (p99 near saturation follows the rate steeply);
 # - group: a repeat scores `groups` groups in a row (a GRPO step scores many); one group's thread pool
-#   took 1.8-3.5 s for the same 28 pairs.
+#   took 1.8-3.5 s for the same 28 pairs;
 # - curve: the plot's latency/throughput curve, fewer requests per point (it is not a target).
 SIZES = {
-    "full": dict(pairs={"hot": 64, "long": 128}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
-                 repeats=5, open_repeats=4, group_repeats=7, stack_repeats=3, classic=2, warmup=16,
-                 curve=(0.4, 0.6, 0.8, 1.0), curve_requests=48),
+    "full": dict(pairs={"hot": 64, "long": 160}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
+                 repeats=5, open_repeats=5, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
+                 curve=(0.4, 0.7, 1.0), curve_requests=48),
     "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, groups=2, image=512, repeats=3,
                   open_repeats=3, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),
                   curve_requests=4),
@@ -304,6 +306,11 @@ def answered(result: Any) -> bool:
     return result.ok or result.error_type == "UnparseableVerdictError"
 
 
+def paired(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """Per repeat, the ratio of two ways' runs made side by side."""
+    return [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
+
+
 def arrivals_at(rate: float, count: int, seed: int) -> list[float]:
     """Poisson arrival times (seconds from the start) at `rate` per second."""
     rng, t, out = random.Random(seed), 0.0, []
@@ -349,9 +356,8 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
     open_loop = {}
     for way, way_runs in p99.items():
         pooled = [latency for run in way_runs for latency in run["latencies_s"]]
-        open_loop[way] = repeated(way_runs)
-        open_loop[way]["median_run_p99_s"] = open_loop[way]["p99_s"]
-        open_loop[way]["p99_s"] = percentile(pooled, 99)  # over every request of every run
+        open_loop[way] = repeated(way_runs)  # p99_s: the median of the runs' p99s
+        open_loop[way]["pooled_p99_s"] = percentile(pooled, 99)  # over every request of every run
         open_loop[way]["requests"] = len(pooled)
     points = []
     curve_pairs = open_pairs[: size["curve_requests"]]
@@ -365,10 +371,14 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
         points.append({"offered_pairs_per_s": load * saturated, "reference_p99_s": ref["p99_s"],
                       "ours_p99_s": ours["p99_s"], "requests": len(curve_pairs)})
     ours, reference, ceiling = closed["ours"]["pairs_per_s"], closed["reference"]["pairs_per_s"], closed["ceiling"]["pairs_per_s"]
+    per_repeat = {"throughput_ratio": paired(runs["ours"], runs["reference"], "pairs_per_s"),
+                  "fraction_of_ceiling": paired(runs["ours"], runs["ceiling"], "pairs_per_s"),
+                  "p99_ratio": paired(p99["ours"], p99["reference"], "p99_s")}
     return {
         "task": workload.task.name, "output_tokens": workload.output_tokens or "constrained", "pairs": n,
-        "throughput_ratio": ours / reference, "fraction_of_ceiling": ours / ceiling,
-        "p99_ratio": open_loop["ours"]["p99_s"] / open_loop["reference"]["p99_s"],
+        **{name: statistics.median(ratios) for name, ratios in per_repeat.items()}, "per_repeat": per_repeat,
+        "ratio_of_medians": {"throughput_ratio": ours / reference, "fraction_of_ceiling": ours / ceiling,
+                             "p99_ratio": open_loop["ours"]["p99_s"] / open_loop["reference"]["p99_s"]},
         "ours_pairs_per_s": ours, "reference_pairs_per_s": reference, "ceiling_pairs_per_s": ceiling,
         "open_loop_rate": OPEN_LOAD * saturated, "open_loop_rate_from": rate_source,
         "saturated_pairs_per_s": saturated, "ours_p99_s": open_loop["ours"]["p99_s"],
@@ -437,7 +447,9 @@ def measure_group(target: Target, inputs: Inputs, size: dict[str, Any], log: Cal
     leaders = len({i for i, _ in pairs})
     ideal_saving = count * (len(pairs) - leaders) * cacheable
     our_saving = mine["queried_tokens"] - mine["computed_tokens"]
-    return {"wall_ratio": theirs["wall_s"] / mine["wall_s"], "fraction_of_ideal": our_saving / ideal_saving,
+    wall_ratios = paired(runs["peers"], runs["ours"], "wall_s")
+    return {"wall_ratio": statistics.median(wall_ratios), "wall_ratios": wall_ratios,
+            "wall_ratio_of_medians": theirs["wall_s"] / mine["wall_s"], "fraction_of_ideal": our_saving / ideal_saving,
             "prompt_token_ratio": theirs["computed_tokens"] / mine["computed_tokens"], "pairs": len(pairs), "group": n, "groups_per_repeat": count,
             "theirs_wall_s": theirs["wall_s"], "ours_wall_s": mine["wall_s"],
             "theirs_computed_tokens": theirs["computed_tokens"], "theirs_queried_tokens": theirs["queried_tokens"],
