@@ -71,13 +71,16 @@ OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated th
 # - closed loop: long runs (the reference's 16 threads send 4 and 10 requests each), so that the ramp-up and
 #   the last, part-empty round weigh little; 48 pairs of the long answer were 3 requests per thread and its
 #   throughput varied 3.5-5.7 pairs/s;
-# - open loop: both passes offer the first pass's rate (p99 near saturation follows the rate steeply);
+# - open loop: both passes offer the first pass's rate (p99 near saturation follows the rate steeply), and
+#   10 repeats: a run's p99 at 0.8 load is decided by one or two busy periods (measured: the per-run ratio
+#   spread 0.2-1.3 for runs of 96, 192 and 384 requests, Poisson or evenly spaced arrivals alike), so more
+#   runs, not longer ones, narrow the median;
 # - group: a repeat scores `groups` groups in a row (a GRPO step scores many); one group's thread pool
 #   took 1.8-3.5 s for the same 28 pairs;
 # - curve: the plot's latency/throughput curve, fewer requests per point (it is not a target).
 SIZES = {
     "full": dict(pairs={"hot": 64, "long": 160}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
-                 repeats=5, open_repeats=5, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
+                 repeats=5, open_repeats=10, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
                  curve=(0.4, 0.7, 1.0), curve_requests=48),
     "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, groups=2, image=512, repeats=3,
                   open_repeats=3, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),

@@ -92,8 +92,15 @@ def _report(level: dict[str, Any], samples: list[dict[str, Any]], wall: float) -
             "pairs_per_s": sum(s["pair"] for s in ok) / wall if wall else 0.0,
             "latency_s": summary([s["latency_s"] for s in ok]),
             "ttft_s": summary([s["ttft_s"] for s in ok if s.get("ttft_s") is not None]),
-            "prompt_tokens_mean": sum(s.get("prompt_tokens", 0) for s in ok) / len(ok) if ok else None,
-            "completion_tokens_mean": sum(s.get("completion_tokens", 0) for s in ok) / len(ok) if ok else None}
+            "prompt_tokens_mean": _reported_mean(ok, "prompt_tokens"),
+            "completion_tokens_mean": _reported_mean(ok, "completion_tokens")}
+
+
+def _reported_mean(samples: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of a usage figure, or None where an answer did not report it (never a 0 in its place)."""
+    if not samples or any(s.get(key) is None for s in samples):
+        return None
+    return sum(s[key] for s in samples) / len(samples)
 
 
 async def closed_loop(client: AsyncRewardClient, requests: list, concurrency: int, fixed_output: bool,

@@ -47,9 +47,11 @@ class ReferenceClient:
         try:
             response = self._session().post(self.url, json=self.payload(images, prompt, max_tokens, extra), timeout=300)
             response.raise_for_status()
-            usage = response.json().get("usage", {})
-            return {"ok": True, "latency_s": time.perf_counter() - started,
-                    "prompt_tokens": usage.get("prompt_tokens", 0)}
+            latency = time.perf_counter() - started
+            usage = response.json().get("usage") or {}
+            if "prompt_tokens" not in usage:  # a figure from the server, never a default in its place
+                return {"ok": False, "error": "no usage.prompt_tokens in the answer", "latency_s": latency}
+            return {"ok": True, "latency_s": latency, "prompt_tokens": usage["prompt_tokens"]}
         except requests.RequestException as exc:
             return {"ok": False, "error": type(exc).__name__, "latency_s": time.perf_counter() - started}
 
