@@ -15,6 +15,9 @@ import requests
 from PIL import Image
 
 
+RETRIES = 10  # the authors' vllm_request.py tries a failed request again, up to 10 times
+
+
 class ReferenceClient:
     def __init__(self, base_url: str, threads: int = 16, model: str = "UnifiedReward") -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -43,17 +46,33 @@ class ReferenceClient:
 
     def send(self, images: Sequence[Path], prompt: str, max_tokens: int, extra: dict[str, Any],
              since: float | None = None) -> dict[str, Any]:
-        started = time.perf_counter() if since is None else since
-        try:
-            response = self._session().post(self.url, json=self.payload(images, prompt, max_tokens, extra), timeout=300)
-            response.raise_for_status()
-            latency = time.perf_counter() - started
-            usage = response.json().get("usage") or {}
-            if "prompt_tokens" not in usage:  # a figure from the server, never a default in its place
-                return {"ok": False, "error": "no usage.prompt_tokens in the answer", "latency_s": latency}
-            return {"ok": True, "latency_s": latency, "prompt_tokens": usage["prompt_tokens"]}
-        except requests.RequestException as exc:
-            return {"ok": False, "error": type(exc).__name__, "latency_s": time.perf_counter() - started}
+        """One item, retried up to `RETRIES` times as the authors' client does (a kept-alive connection the
+        server closes just as a request goes out fails that request; their client sends it again). Retries
+        are counted in the sample, and their time is in its latency."""
+        picked = time.perf_counter()  # a thread took the job (in open loop: `since` is its scheduled arrival)
+        started = picked if since is None else since
+        body = self.payload(images, prompt, max_tokens, extra)
+        encoded = time.perf_counter()
+        errors: list[str] = []
+        while True:
+            try:
+                response = self._session().post(self.url, json=body, timeout=300)
+                response.raise_for_status()
+                break
+            except requests.RequestException as exc:
+                errors.append(type(exc).__name__)
+                self._local.session = requests.Session()  # a new connection for the next try
+                if len(errors) > RETRIES:
+                    return {"ok": False, "error": f"{errors[-1]} after {RETRIES} retries", "retries": RETRIES,
+                            "latency_s": time.perf_counter() - started}
+        done = time.perf_counter()
+        # Where a request's time went: waiting for a thread, reading and encoding its images, the HTTP call.
+        phases = {"queued": picked - started, "encode": encoded - picked, "http": done - encoded}
+        usage = response.json().get("usage") or {}
+        if "prompt_tokens" not in usage:  # a figure from the server, never a default in its place
+            return {"ok": False, "error": "no usage.prompt_tokens in the answer", "latency_s": done - started}
+        return {"ok": True, "latency_s": done - started, "prompt_tokens": usage["prompt_tokens"], "phases_s": phases,
+                "retries": len(errors), "retried_after": errors}
 
     def run(self, jobs: Sequence[tuple[Sequence[Path], str]], max_tokens: int, extra: dict[str, Any],
             arrivals: Sequence[float] | None = None) -> tuple[float, list[dict[str, Any]]]:

@@ -107,3 +107,20 @@ def test_gpu_forward_smoke(tmp_path):
         assert row["pairs_per_s"] == pytest.approx(row["batch"] / total_s)
         assert row["context_tokens"] == 2 * 256 + 180  # two 512^2 images at 256 tokens each, and the text
     assert result["best_pairs_per_s"] == max(row["pairs_per_s"] for row in result["rows"])
+
+
+def test_tail_probe_smoke(live_server, tmp_path):
+    """Per setting, the spread of the paired runs' p99 ratios, and the reference's phases per request."""
+    out = tmp_path / "tail_probe.json"
+    proc = run("benchmarks.tail_probe", "--quick", "--base-url", live_server.base_url, "--out", str(out),
+               "--data-dir", str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["rate"] == pytest.approx(0.8 * result["saturated_pairs_per_s"])
+    assert [(s["arrivals"], s["requests"]) for s in result["settings"]] == [("poisson", 4), ("even", 4)]
+    for setting in result["settings"]:
+        ratios = [r["p99_ratio"] for r in setting["runs"]]
+        assert len(ratios) == 2 and setting["p99_ratio"]["median"] == pytest.approx(statistics.median(ratios))
+        for r in setting["runs"]:
+            assert r["p99_ratio"] == pytest.approx(r["ours_p99_s"] / r["reference_p99_s"])
+            assert r["reference_slow"]["encode_max_s"] >= r["reference_slow"]["encode_p50_s"] > 0

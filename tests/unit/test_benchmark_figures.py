@@ -11,18 +11,23 @@ import pytest
 from PIL import Image
 
 from benchmarks.load import _report
-from benchmarks.reference_client import ReferenceClient
+from benchmarks.reference_client import RETRIES, ReferenceClient
 
 
 class Answers(BaseHTTPRequestHandler):
     """A chat-completions answer with or without its usage block (the client's transport is what is tested)."""
     usage: dict | None = None
+    drops = 0  # requests still to be dropped: the connection closed without an answer
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
+        if Answers.drops:
+            Answers.drops -= 1
+            self.close_connection = True
+            return
         answer = {"choices": [{"message": {"role": "assistant", "content": "Image 1 is better"}}]}
         if self.usage is not None:
             answer["usage"] = self.usage
@@ -42,7 +47,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
     yield httpd
     httpd.shutdown()
     httpd.server_close()
-    Answers.usage = None
+    Answers.usage, Answers.drops = None, 0
 
 
 @pytest.fixture
@@ -75,3 +80,15 @@ def test_load_report_has_no_token_mean_where_an_answer_lacked_usage():
     assert _report({}, [reported, reported], 1.0)["prompt_tokens_mean"] == 600
     report = _report({}, [reported, silent], 1.0)
     assert report["prompt_tokens_mean"] is None and report["completion_tokens_mean"] is None
+
+
+def test_the_reference_client_retries_a_dropped_request_as_the_authors_do_and_counts_it(server, pair):
+    Answers.usage, Answers.drops = {"prompt_tokens": 7}, 2
+    sample = ReferenceClient(base_url(server)).send(pair, "which?", 8, {})
+    assert sample["ok"] and sample["retries"] == 2 and sample["prompt_tokens"] == 7
+
+
+def test_the_reference_client_gives_up_after_its_retries(server, pair):
+    Answers.usage, Answers.drops = {"prompt_tokens": 7}, RETRIES + 1
+    sample = ReferenceClient(base_url(server)).send(pair, "which?", 8, {})
+    assert not sample["ok"] and f"after {RETRIES} retries" in sample["error"]
