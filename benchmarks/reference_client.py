@@ -1,6 +1,7 @@
 """The authors' request pattern, as their vllm_request.py does it (re-implemented here, not copied): a pool
 of worker threads, one requests.Session per thread, every image read from disk, converted to RGB and
-re-encoded as JPEG quality 95 at full size, base64 data URLs before the text, one POST per item."""
+re-encoded as JPEG quality 95 at full size, base64 data URLs before the text, one POST per item, a failed
+POST sent again (up to 10 times)."""
 from __future__ import annotations
 
 import base64

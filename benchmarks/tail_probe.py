@@ -2,7 +2,7 @@
 arrival process, with the per-run p99 ratio (ours / reference) and where the reference's slow requests spent
 their time (waiting for a thread, reading and encoding their images, the HTTP call).
 
-`benchmarks.compare` reports the p99 ratio as the median of 10 paired runs; this probe measures how widely a
+`benchmarks.compare` reports the p99 ratio as the median of its paired runs; this probe measures how widely a
 single run's ratio spreads, so that the number of runs is chosen from data. Both clients get the same
 arrival times in a repeat (Poisson, or evenly spaced at the same rate); the rate is 0.8 of the reference's
 closed-loop throughput measured first, as in `benchmarks.compare`.
