@@ -62,7 +62,8 @@ class ReferenceClient:
                 break
             except requests.RequestException as exc:
                 errors.append(type(exc).__name__)
-                self._local.session = requests.Session()  # a new connection for the next try
+                self._session().close()  # its broken connection goes; the next try opens a new one
+                self._local.session = requests.Session()
                 if len(errors) > RETRIES:
                     return {"ok": False, "error": f"{errors[-1]} after {RETRIES} retries", "retries": RETRIES,
                             "latency_s": time.perf_counter() - started}
