@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
     parser.add_argument("--log-file", type=Path, help="also append the server's output to this file")
     parser.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
+    parser.add_argument("--no-pin-engine-core", dest="pin_engine_core", action="store_false",
+                        help="CPU build of vLLM: leave its EngineCore process unbound (by default it is bound to "
+                             "its worker's cores; see serving/cpu_affinity.py)")
     return parser
 
 
@@ -128,7 +131,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None = None) -> int:
+def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None = None,
+        pin_engine_core: bool = True) -> int:
     try:
         env = server_environment(config, key_file)
     except MissingApiKeyError as exc:
@@ -150,6 +154,10 @@ def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
     stopping = False
+    if pin_engine_core and detect_platform() == "cpu":
+        from .cpu_affinity import pin_engines_when_bound
+
+        pin_engines_when_bound(proc.pid, alive=lambda: proc.poll() is None)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -186,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(masked(config.command()))
         return 0
-    return run(config, args.log_file, args.api_key_file)
+    return run(config, args.log_file, args.api_key_file, pin_engine_core=args.pin_engine_core)
 
 
 if __name__ == "__main__":
