@@ -52,6 +52,7 @@ import psutil
 from clients import (MAX_PIXELS, MIN_PIXELS, AsyncRewardClient, Item, RewardClient, build_request, encode_media,
                      smart_resize)
 from prompts import get_task
+from serving.cpu_affinity import keep_off, worker_cpus
 from testkit.media import synthetic_image
 
 from .classic import classic_generate
@@ -161,6 +162,18 @@ class Target:
         if self._api is None or not self._api.is_running():
             self._api = next((p for p in psutil.process_iter() if _listens(p, self.port)), None)
         return self._api
+
+    def keep_clients_off_engine(self, log: Callable[[str], None]) -> dict[str, Any]:
+        """CPU build: bind this process (every client under test) to the cores the server's model workers are
+        not bound to, as a client beside a GPU server has its own cores. Unbound, the OS moved client threads
+        onto the engine's core (vLLM's CPU build binds its worker there and leaves the rest to the API server
+        and clients), and each such move stalled the engine for every request at once."""
+        api = self._api_process()
+        engine = worker_cpus(api.pid) if api is not None else set()
+        clients = keep_off(engine)
+        log(f"clients bound to CPUs {sorted(clients)}, the engine's workers to {sorted(engine)}" if clients else
+            "clients not bound (no local server's workers bound to a subset of this machine's CPUs)")
+        return {"engine_cpus": sorted(engine), "client_cpus": sorted(clients) if clients else None}
 
     def cpu_seconds(self) -> dict[str, float] | None:
         """User + system CPU seconds so far: the API server process, and its children (the engine)."""
@@ -632,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("starting the vLLM server on the tiny checkpoint (defaults)")
             server.start().wait_ready()
         target = Target(args.base_url or server.base_url)
+        result["config"]["placement"] = target.keep_clients_off_engine(log)
         passes = []
         for number in (1, 2):
             log(f"pass {number} of 2")

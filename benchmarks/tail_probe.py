@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             log("starting the vLLM server on the tiny checkpoint (defaults)")
             server.start().wait_ready()
-        result = probe(Target(args.base_url or server.base_url), inputs, args.requests, args.arrivals,
+        target = Target(args.base_url or server.base_url)
+        target.keep_clients_off_engine(log)
+        result = probe(target, inputs, args.requests, args.arrivals,
                        args.repeats, log, closed_pairs)
     finally:
         if server is not None:

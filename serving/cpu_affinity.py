@@ -25,7 +25,8 @@ ENGINE_NAME, WORKER_NAME = "VLLM::EngineCore", "VLLM::Worker"
 
 def _named(process: Any, name: str) -> bool:
     try:
-        return process.name().startswith(name[:15]) or name in " ".join(process.cmdline())
+        argv = process.cmdline()  # vLLM sets its process titles as argv[0] ("VLLM::Worker", ...)
+        return process.name().startswith(name[:15]) or bool(argv) and argv[0].startswith(name)
     except Exception:  # psutil.Error: the process ended while we looked
         return False
 
@@ -36,6 +37,34 @@ def _threads_affinity(process: Any) -> set[int]:
     for thread in process.threads():
         cpus |= os.sched_getaffinity(thread.id)
     return cpus
+
+
+def worker_cpus(root_pid: int) -> set[int]:
+    """The CPUs the model workers under `root_pid` (a server's API process) are bound to; empty if none."""
+    import psutil
+
+    try:
+        workers = [p for p in psutil.Process(root_pid).children(recursive=True) if _named(p, WORKER_NAME)]
+        return set().union(*(os.sched_getaffinity(w.pid) for w in workers))
+    except (psutil.Error, OSError):
+        return set()
+
+
+def keep_off(cpus: set[int]) -> set[int] | None:
+    """Bind every thread of this process (and so the threads it starts later) to the CPUs it may use other
+    than `cpus`: a client measured beside a CPU server then never takes the engine's cores. None (nothing
+    changed) when `cpus` is empty or would leave no CPU."""
+    import psutil
+
+    free = os.sched_getaffinity(0) - cpus
+    if not cpus or not free:
+        return None
+    for thread in psutil.Process().threads():
+        try:
+            os.sched_setaffinity(thread.id, free)
+        except OSError:
+            continue
+    return free
 
 
 def placements(root_pid: int) -> list[tuple[Any, set[int]]]:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 psutil = pytest.importorskip("psutil")
-from serving.cpu_affinity import pin, placements  # noqa: E402
+from serving.cpu_affinity import keep_off, pin, placements, worker_cpus  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to bind one")
 
@@ -51,3 +51,45 @@ def test_engine_follows_its_bound_worker(server_tree):
 
 def test_no_server_no_placement():
     assert placements(2**22 + 12345) == []  # no such process: nothing, no error
+
+
+def test_worker_cpus_is_what_the_workers_bound(server_tree):
+    worker = _process(server_tree, "VLLM::Worker")
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(worker.pid, {core})
+    assert worker_cpus(server_tree) == {core}
+    assert worker_cpus(2**22 + 12345) == set()
+
+
+def test_keep_off_binds_every_thread_of_this_process_to_the_other_cpus():
+    import threading
+
+    allowed = os.sched_getaffinity(0)
+    engine = {min(allowed)}
+    started = threading.Event()
+    done = threading.Event()
+    seen: list[set[int]] = []
+
+    def existing_thread() -> None:  # started before the call: bound too
+        started.set()
+        done.wait(5)
+        seen.append(os.sched_getaffinity(0))
+
+    thread = threading.Thread(target=existing_thread)
+    thread.start()
+    started.wait(5)
+    try:
+        assert keep_off(set()) is None and keep_off(allowed) is None  # nothing to keep off, or nothing left
+        assert os.sched_getaffinity(0) == allowed
+        assert keep_off(engine) == allowed - engine
+        assert os.sched_getaffinity(0) == allowed - engine
+        done.set()
+        thread.join(5)
+        assert seen == [allowed - engine]
+    finally:
+        done.set()
+        for task in psutil.Process().threads():
+            try:
+                os.sched_setaffinity(task.id, allowed)
+            except OSError:
+                pass
