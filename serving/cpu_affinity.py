@@ -23,7 +23,8 @@ log = logging.getLogger("serving")
 ENGINE_NAME, WORKER_NAME = "VLLM::EngineCore", "VLLM::Worker"
 
 
-def _named(process: Any, name: str) -> bool:
+def named(process: Any, name: str) -> bool:
+    """Whether `process` is the vLLM process titled `name` (False once it has ended)."""
     try:
         argv = process.cmdline()  # vLLM sets its process titles as argv[0] ("VLLM::Worker", ...)
         return process.name().startswith(name[:15]) or bool(argv) and argv[0].startswith(name)
@@ -44,7 +45,7 @@ def worker_cpus(root_pid: int) -> set[int]:
     import psutil
 
     try:
-        workers = [p for p in psutil.Process(root_pid).children(recursive=True) if _named(p, WORKER_NAME)]
+        workers = [p for p in psutil.Process(root_pid).children(recursive=True) if named(p, WORKER_NAME)]
         return set().union(*(os.sched_getaffinity(w.pid) for w in workers))
     except (psutil.Error, OSError):
         return set()
@@ -77,9 +78,9 @@ def placements(root_pid: int) -> list[tuple[Any, set[int]]]:
         descendants = psutil.Process(root_pid).children(recursive=True)
     except psutil.Error:
         return []
-    for engine in (p for p in descendants if _named(p, ENGINE_NAME)):
+    for engine in (p for p in descendants if named(p, ENGINE_NAME)):
         try:
-            workers = [p for p in engine.children(recursive=True) if _named(p, WORKER_NAME)]
+            workers = [p for p in engine.children(recursive=True) if named(p, WORKER_NAME)]
             if not workers:
                 continue
             bound = set().union(*(os.sched_getaffinity(w.pid) for w in workers))

@@ -110,3 +110,38 @@ def test_concurrent_requests_are_batched_together(live_server):
     concurrent = batched_decode_steps(live_server) - before - sequential
     assert sequential == 0, f"{sequential:g} shared steps while requests went one at a time"
     assert concurrent >= 10, f"only {concurrent:g} decode steps were shared by several requests"
+
+
+def test_cpu_build_binds_engine_core_to_its_workers_cores(live_server):
+    """On vLLM's CPU build the launcher binds EngineCore to the cores its worker bound itself to
+    (serving/cpu_affinity.py): every EngineCore thread, including those it started after, stays off the cores
+    left to the API server and the clients."""
+    import os
+    import time
+
+    import psutil
+
+    from serving.config import detect_platform
+    from serving.cpu_affinity import ENGINE_NAME, named, worker_cpus
+
+    if detect_platform() != "cpu":
+        pytest.skip("the CUDA build: nothing is bound")
+    workers = worker_cpus(live_server.proc.pid)
+    if not workers or workers >= os.sched_getaffinity(0):
+        pytest.skip("the worker is bound to every CPU here: no core is left to keep EngineCore off")
+    engines = [p for p in psutil.Process(live_server.proc.pid).children(recursive=True) if named(p, ENGINE_NAME)]
+    assert engines, "no VLLM::EngineCore process under the server"
+    deadline = time.monotonic() + 10  # bound within a second of the worker binding itself, before ready
+    def affinity(thread_id: int) -> set[int]:
+        try:
+            return os.sched_getaffinity(thread_id)
+        except OSError:  # the thread ended meanwhile
+            return set()
+
+    while True:
+        unbound = [(e.pid, t.id, affinity(t.id)) for e in engines for t in e.threads()
+                   if not affinity(t.id) <= workers]
+        if not unbound or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not unbound, f"EngineCore threads not bound to the worker's CPUs {sorted(workers)}: {unbound[:3]}"
