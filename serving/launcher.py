@@ -1,11 +1,12 @@
 """Start vLLM's OpenAI-compatible server with this model's defaults.
 
     python -m serving [--profile shared[,data-parallel]] [--model M|tiny] [--host H] [--port P]
-                      [--api-key-file F] [--log-file F] [--dry-run] [any vLLM flag ...]
+                      [--api-key-file F] [--log-file F] [--dry-run] [--no-pin-engine-core] [any vLLM flag ...]
 
 Any vLLM flag given here replaces the default of the same name (see serving/defaults.toml and the profiles
 in serving/profiles/). The final command (API key masked) and the server's output are logged; when the
-server dies, the launcher exits with its code and a message that quotes the end of its log.
+server dies, the launcher exits with its code and a message that quotes the end of its log. On the CPU build
+of vLLM it binds the EngineCore process to its worker's cores (serving/cpu_affinity.py).
 """
 from __future__ import annotations
 
