@@ -165,9 +165,9 @@ class Target:
 
     def keep_clients_off_engine(self, log: Callable[[str], None]) -> dict[str, Any]:
         """CPU build: bind this process (every client under test) to the cores the server's model workers are
-        not bound to, as a client beside a GPU server has its own cores. Unbound, the OS moved client threads
+        not bound to, as a client beside a GPU server has its own cores. Unbound, the OS may move client threads
         onto the engine's core (vLLM's CPU build binds its worker there and leaves the rest to the API server
-        and clients), and each such move stalled the engine for every request at once."""
+        and clients), where each one stalls the engine for every request in flight."""
         api = self._api_process()
         engine = worker_cpus(api.pid) if api is not None else set()
         clients = keep_off(engine)
