@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any, Callable
 
+import psutil  # a dependency of vLLM: present wherever a server runs
+
 log = logging.getLogger("serving")
 
 ENGINE_NAME, WORKER_NAME = "VLLM::EngineCore", "VLLM::Worker"
@@ -40,10 +42,20 @@ def _threads_affinity(process: Any) -> set[int]:
     return cpus
 
 
+def _bind_threads(process: Any, cpus: set[int]) -> int:
+    """Bind every thread of `process` to `cpus` (threads they start later inherit it); the threads bound."""
+    count = 0
+    for thread in process.threads():
+        try:
+            os.sched_setaffinity(thread.id, cpus)
+            count += 1
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
+
+
 def worker_cpus(root_pid: int) -> set[int]:
     """The CPUs the model workers under `root_pid` (a server's API process) are bound to; empty if none."""
-    import psutil
-
     try:
         workers = [p for p in psutil.Process(root_pid).children(recursive=True) if named(p, WORKER_NAME)]
         return set().union(*(os.sched_getaffinity(w.pid) for w in workers))
@@ -55,24 +67,16 @@ def keep_off(cpus: set[int]) -> set[int] | None:
     """Bind every thread of this process (and so the threads it starts later) to the CPUs it may use other
     than `cpus`: a client measured beside a CPU server then never takes the engine's cores. None (nothing
     changed) when `cpus` is empty or would leave no CPU."""
-    import psutil
-
     free = os.sched_getaffinity(0) - cpus
     if not cpus or not free:
         return None
-    for thread in psutil.Process().threads():
-        try:
-            os.sched_setaffinity(thread.id, free)
-        except OSError:
-            continue
+    _bind_threads(psutil.Process(), free)
     return free
 
 
 def placements(root_pid: int) -> list[tuple[Any, set[int]]]:
     """(EngineCore process, its workers' CPUs) for each EngineCore under `root_pid` whose workers are bound
     to fewer CPUs than the EngineCore may use; empty while the workers have not bound themselves yet."""
-    import psutil  # a dependency of vLLM: present wherever a server runs
-
     out = []
     try:
         descendants = psutil.Process(root_pid).children(recursive=True)
@@ -80,10 +84,7 @@ def placements(root_pid: int) -> list[tuple[Any, set[int]]]:
         return []
     for engine in (p for p in descendants if named(p, ENGINE_NAME)):
         try:
-            workers = [p for p in engine.children(recursive=True) if named(p, WORKER_NAME)]
-            if not workers:
-                continue
-            bound = set().union(*(os.sched_getaffinity(w.pid) for w in workers))
+            bound = worker_cpus(engine.pid)  # empty until its workers exist
             if bound and bound < _threads_affinity(engine):
                 out.append((engine, bound))
         except (psutil.Error, OSError):
@@ -92,15 +93,8 @@ def placements(root_pid: int) -> list[tuple[Any, set[int]]]:
 
 
 def pin(engine: Any, cpus: set[int]) -> int:
-    """Bind every thread of `engine` to `cpus` (threads it starts later inherit it); the threads bound."""
-    count = 0
-    for thread in engine.threads():
-        try:
-            os.sched_setaffinity(thread.id, cpus)
-            count += 1
-        except OSError:  # the thread ended meanwhile
-            continue
-    return count
+    """Bind every thread of an EngineCore process to its workers' `cpus`; the threads bound."""
+    return _bind_threads(engine, cpus)
 
 
 def pin_engines_when_bound(root_pid: int, *, timeout_s: float = 900.0, poll_s: float = 1.0,
