@@ -40,6 +40,7 @@ import random
 import resource
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -72,19 +73,21 @@ OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated th
 # - closed loop: long runs (the reference's 16 threads send 4 and 10 requests each), so that the ramp-up and
 #   the last, part-empty round weigh little; 48 pairs of the long answer were 3 requests per thread and its
 #   throughput varied 3.5-5.7 pairs/s;
-# - open loop: both passes offer the first pass's rate (p99 near saturation follows the rate steeply), and
-#   8 repeats: a run's p99 at 0.8 load is decided by one or two busy periods (measured: the per-run ratio
-#   spread 0.2-1.3 for runs of 96, 192 and 384 requests, Poisson or evenly spaced arrivals alike), so more
-#   runs, not longer ones, narrow the median;
+# - open loop: both passes offer the first pass's rate (p99 near saturation follows the rate steeply); in
+#   each repeat the two clients alternate in `segments` parts (ABBA) with their pools kept, so that both meet
+#   the server in the same seconds: whole runs one after the other met servers up to 15 % apart in speed, and
+#   their per-repeat ratios spread with a log-sd of 0.275 (10 repeats), against 0.155 in 2 segments (the two
+#   clients' p99s correlated 0.52 against 0.86, same session, same arrivals); more repeats for the hot path,
+#   whose two p99s are nearly equal (the median of 8 at log-sd 0.155 still moves ~10 % pass to pass);
 # - group: a repeat scores `groups` groups in a row (a GRPO step scores many); one group's thread pool
 #   took 1.8-3.5 s for the same 28 pairs;
 # - curve: the plot's latency/throughput curve, fewer requests per point (it is not a target).
 SIZES = {
     "full": dict(pairs={"hot": 64, "long": 160}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
-                 repeats=5, open_repeats=8, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
+                 repeats=5, open_repeats={"hot": 16, "long": 8}, segments=2, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
                  curve=(0.4, 0.7, 1.0), curve_requests=48),
     "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, groups=2, image=512, repeats=3,
-                  open_repeats=3, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),
+                  open_repeats={"hot": 3, "long": 3}, segments=2, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),
                   curve_requests=4),
 }
 TARGETS = {
@@ -253,9 +256,9 @@ class Workload:
     def constraint(self) -> str:
         return "auto" if self.output_tokens is None else "none"
 
-    def reference(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None
-                  ) -> dict[str, Any]:
-        reference = ReferenceClient(target.base_url, threads=REFERENCE_THREADS)
+    def reference(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None,
+                  kept: "KeptClients | None" = None) -> dict[str, Any]:
+        reference = kept.reference if kept is not None else ReferenceClient(target.base_url, threads=REFERENCE_THREADS)
         wall, samples = reference.run([(p, self.prompt) for p in pairs], self.max_tokens, self.extra, arrivals)
         failed = [s for s in samples if not s["ok"]]
         if failed:
@@ -265,26 +268,34 @@ class Workload:
                 "prompt_tokens": statistics.mean(s["prompt_tokens"] for s in samples),
                 "retries": sum(s["retries"] for s in samples)}  # the authors' pattern retries; counted, not hidden
 
-    def ours(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None) -> dict[str, Any]:
-        async def closed() -> tuple[float, list[float], list[Any]]:
-            async with AsyncRewardClient(target.base_url) as client:
-                items = [Item(self.task, pair, {"caption": CAPTION}, id=k) for k, pair in enumerate(pairs)]
-                options = dict(constraint=self.constraint, max_tokens=self.output_tokens,
-                               extra_body=None if self.output_tokens is None else {"ignore_eos": True})
-                started = time.perf_counter()
-                if arrivals is None:
-                    results = await client.score_batch(items, concurrency=OUR_CONCURRENCY, **options)
-                    return time.perf_counter() - started, [r.latency_s for r in results], results
+    async def _send_ours(self, client: AsyncRewardClient, pairs: list[list[Path]], arrivals: Sequence[float] | None
+                         ) -> tuple[float, list[float], list[Any]]:
+        items = [Item(self.task, pair, {"caption": CAPTION}, id=k) for k, pair in enumerate(pairs)]
+        options = dict(constraint=self.constraint, max_tokens=self.output_tokens,
+                       extra_body=None if self.output_tokens is None else {"ignore_eos": True})
+        started = time.perf_counter()
+        if arrivals is None:
+            results = await client.score_batch(items, concurrency=OUR_CONCURRENCY, **options)
+            return time.perf_counter() - started, [r.latency_s for r in results], results
 
-                async def one(at: float, item: Item) -> tuple[float, Any]:
-                    await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
-                    result = await client.score(item.task, item.media, **options, **item.fields)
-                    return time.perf_counter() - (started + at), result
+        async def one(at: float, item: Item) -> tuple[float, Any]:
+            await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
+            result = await client.score(item.task, item.media, **options, **item.fields)
+            return time.perf_counter() - (started + at), result
 
-                done = await asyncio.gather(*(one(at, item) for at, item in zip(arrivals, items)))
-                return time.perf_counter() - started, [d[0] for d in done], [d[1] for d in done]
+        done = await asyncio.gather(*(one(at, item) for at, item in zip(arrivals, items)))
+        return time.perf_counter() - started, [d[0] for d in done], [d[1] for d in done]
 
-        wall, latencies, results = asyncio.run(closed())
+    def ours(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None,
+             kept: "KeptClients | None" = None) -> dict[str, Any]:
+        if kept is not None:
+            wall, latencies, results = kept.call(lambda client: self._send_ours(client, pairs, arrivals))
+        else:
+            async def fresh() -> tuple[float, list[float], list[Any]]:
+                async with AsyncRewardClient(target.base_url) as client:
+                    return await self._send_ours(client, pairs, arrivals)
+
+            wall, latencies, results = asyncio.run(fresh())
         unanswered = [r for r in results if not answered(r)]
         if unanswered:
             raise RuntimeError(f"our client: {len(unanswered)} requests failed ({unanswered[0].error})")
@@ -316,6 +327,68 @@ class Workload:
                 return time.perf_counter() - started
 
         return {"pairs_per_s": len(requests) / asyncio.run(closed())}
+
+
+class KeptClients:
+    """Both clients kept open across an open-loop repeat's segments: the reference's thread pool (and its
+    threads' sessions), and our AsyncRewardClient on an event loop in a thread of its own. Measured: segments
+    that made a new pool per segment timed the reference's cold pool (its first requests decided its p99,
+    ratio 0.15-0.36 against 0.8-1.1 for whole runs), not the client a long job runs."""
+
+    def __init__(self, base_url: str) -> None:
+        self.reference = ReferenceClient(base_url, threads=REFERENCE_THREADS)
+        self._base_url = base_url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ours-event-loop", daemon=True)
+
+    def __enter__(self) -> "KeptClients":
+        self._thread.start()
+        self.reference.__enter__()
+        self._ours = AsyncRewardClient(self._base_url)
+        self.call(lambda client: client.__aenter__())
+        return self
+
+    def call(self, work: Callable[[AsyncRewardClient], Any]) -> Any:
+        """Run work(our client) on the kept event loop, and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(work(self._ours), self._loop).result()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.reference.__exit__(*exc)
+            self.call(lambda client: client.__aexit__(None, None, None))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+
+def segmented(target: Target, workload: Workload, pairs: list[list[Path]], arrivals: Sequence[float],
+              segments: int, kept: KeptClients, first: str) -> dict[str, dict[str, Any]]:
+    """One open-loop repeat, both clients on the same arrival times, alternating in `segments` parts (each
+    part from an empty server: the way that went first waits until its part is answered): `first`, then the
+    other, then the other again (ABBA...), so that both meet the server in the same seconds. Measured: the
+    server's speed wanders +-10-15 % for identical work, and two whole runs one after the other met different
+    servers (per-repeat p99 ratios 0.63-1.8). Per way: its latencies over all parts, their p99, and CPU per
+    pair over all parts."""
+    send = {"reference": lambda part, at: workload.reference(target, part, at, kept=kept),
+            "ours": lambda part, at: workload.ours(target, part, at, kept=kept)}
+    order = [first, "ours" if first == "reference" else "reference"]
+    bounds = [round(k * len(pairs) / segments) for k in range(segments + 1)]
+    parts: dict[str, list[dict[str, Any]]] = {way: [] for way in order}
+    for k in range(segments):
+        lo, hi = bounds[k], bounds[k + 1]
+        at = [a - arrivals[lo] for a in arrivals[lo:hi]]  # the part's first request arrives at its start
+        for way in order if k % 2 == 0 else order[::-1]:
+            parts[way].append(timed(target, hi - lo, lambda: send[way](pairs[lo:hi], at)))
+    merged = {}
+    for way, runs in parts.items():
+        latencies = [latency for run in runs for latency in run["latencies_s"]]
+        figures = {"p99_s": percentile(latencies, 99), "latencies_s": latencies, "segments": segments}
+        for key in ("client_cpu_ms_per_pair", "api_cpu_ms_per_pair", "engine_cpu_ms_per_pair"):
+            if all(key in run for run in runs):
+                figures[key] = sum(run[key] * len(run["latencies_s"]) for run in runs) / len(latencies)
+        merged[way] = figures
+    return merged
 
 
 def answered(result: Any) -> bool:
@@ -365,12 +438,20 @@ def measure_workload(target: Target, workload: Workload, inputs: Inputs, name: s
     if saturated is None:
         saturated = closed["reference"]["pairs_per_s"]
     open_pairs = inputs.pairs(name)[: size["open"][name]]
-    p99 = {"reference": [], "ours": []}
-    for repeat in range(size["open_repeats"]):  # the same arrival times for both clients, in both passes
-        log(f"{name}: open loop at {OPEN_LOAD:g} x {saturated:.2f} pairs/s, repeat {repeat + 1}/{size['open_repeats']}")
-        arrivals = arrivals_at(OPEN_LOAD * saturated, len(open_pairs), seed=repeat)
-        p99["reference"].append(timed(target, len(open_pairs), lambda: workload.reference(target, open_pairs, arrivals)))
-        p99["ours"].append(timed(target, len(open_pairs), lambda: workload.ours(target, open_pairs, arrivals)))
+    p99: dict[str, list[dict[str, Any]]] = {"reference": [], "ours": []}
+    with KeptClients(target.base_url) as kept:
+        log(f"{name}: open loop, warming the kept clients, untimed")
+        workload.reference(target, open_pairs[: size["warmup"]], kept=kept)
+        workload.ours(target, open_pairs[: size["warmup"]], kept=kept)
+        open_repeats = size["open_repeats"][name]
+        for repeat in range(open_repeats):  # the same arrival times for both clients, in both passes
+            log(f"{name}: open loop at {OPEN_LOAD:g} x {saturated:.2f} pairs/s, {size['segments']} alternating "
+                f"segments, repeat {repeat + 1}/{open_repeats}")
+            arrivals = arrivals_at(OPEN_LOAD * saturated, len(open_pairs), seed=repeat)
+            runs_of = segmented(target, workload, open_pairs, arrivals, size["segments"], kept,
+                                first=("reference", "ours")[repeat % 2])
+            for way, figures in runs_of.items():
+                p99[way].append(figures)
     open_loop = {}
     for way, way_runs in p99.items():
         pooled = [latency for run in way_runs for latency in run["latencies_s"]]

@@ -25,6 +25,18 @@ class ReferenceClient:
         self.threads = threads
         self.model = model
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> "ReferenceClient":
+        """One thread pool (and its threads' sessions) for every run until exit, as one long evaluation run of
+        the authors' script keeps its pool; without it, each run() makes its own."""
+        self._pool = ThreadPoolExecutor(self.threads)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -79,14 +91,20 @@ class ReferenceClient:
     def run(self, jobs: Sequence[tuple[Sequence[Path], str]], max_tokens: int, extra: dict[str, Any],
             arrivals: Sequence[float] | None = None) -> tuple[float, list[dict[str, Any]]]:
         """All jobs through the thread pool: closed loop, or submitted at `arrivals` (seconds from start)."""
+        if self._pool is not None:
+            return self._through(self._pool, jobs, max_tokens, extra, arrivals)
         with ThreadPoolExecutor(self.threads) as pool:
-            started = time.perf_counter()
-            futures = []
-            for k, (images, prompt) in enumerate(jobs):
-                since = None
-                if arrivals is not None:
-                    since = started + arrivals[k]
-                    time.sleep(max(0.0, since - time.perf_counter()))
-                futures.append(pool.submit(self.send, images, prompt, max_tokens, extra, since))
-            samples = [f.result() for f in futures]
+            return self._through(pool, jobs, max_tokens, extra, arrivals)
+
+    def _through(self, pool: ThreadPoolExecutor, jobs: Sequence[tuple[Sequence[Path], str]], max_tokens: int,
+                 extra: dict[str, Any], arrivals: Sequence[float] | None) -> tuple[float, list[dict[str, Any]]]:
+        started = time.perf_counter()
+        futures = []
+        for k, (images, prompt) in enumerate(jobs):
+            since = None
+            if arrivals is not None:
+                since = started + arrivals[k]
+                time.sleep(max(0.0, since - time.perf_counter()))
+            futures.append(pool.submit(self.send, images, prompt, max_tokens, extra, since))
+        samples = [f.result() for f in futures]
         return time.perf_counter() - started, samples
