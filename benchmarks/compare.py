@@ -3,8 +3,8 @@
   hot_path     image_gen.pair_rank with its constraint (~7 output tokens), 1024^2 inputs: the authors' request
                pattern (16 threads, full-size JPEG q95) vs this project's client vs the ceiling (the same
                server fed requests encoded before the clock); p99 of both clients in open loop at 0.8 of the
-               reference's saturated throughput (the first pass's, in both passes), and their latency/throughput
-               curves.
+               reference's saturated throughput (the first pass's, in both passes; the two clients alternate
+               in segments of each repeat, kept open across them), and their latency/throughput curves.
   long_answer  image_gen.pair_score, 153 output tokens (the authors' example answer): the same three.
                Also under its old keys: reference_client_vs_ours, and classic_vs_served (transformers
                generate, one request at a time, against the served path).

@@ -56,6 +56,7 @@ def test_compare_smoke(live_server, tmp_path):
         assert first["open_loop_rate"] == pytest.approx(0.8 * first["reference_pairs_per_s"])
         assert w["open_loop_rate"] == first["open_loop_rate"]
         assert w["open_loop"]["ours"]["requests"] == 3 * 4  # p99 over the pooled open-loop runs
+        assert w["open_loop"]["ours"]["segments"] == w["open_loop"]["reference"]["segments"] == 2  # alternating
     assert len(result["hot_path"]["curve"]) == 1 and not result["passes"][0]["hot_path"]["curve"]  # the plot's pass
     assert result["reference_client_vs_ours"]["throughput_ratio"] == result["long_answer"]["throughput_ratio"]
     classic = result["classic_vs_served"]

@@ -92,3 +92,63 @@ def test_the_reference_client_gives_up_after_its_retries(server, pair):
     Answers.usage, Answers.drops = {"prompt_tokens": 7}, RETRIES + 1
     sample = ReferenceClient(base_url(server)).send(pair, "which?", 8, {})
     assert not sample["ok"] and f"after {RETRIES} retries" in sample["error"]
+
+
+def test_a_kept_reference_client_keeps_its_threads_sessions_across_runs(server, pair, monkeypatch):
+    """compare's open loop alternates the clients in segments: a pool (and sessions) made anew per segment
+    would time the reference's cold start each time, not the long run its authors' script makes."""
+    import benchmarks.reference_client as module
+    made = []
+
+    class Counted(module.requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(module.requests, "Session", Counted)
+    Answers.usage = {"prompt_tokens": 7}
+    jobs = [(pair, "which?")] * 8
+    with ReferenceClient(base_url(server), threads=2) as kept:
+        for _ in range(3):
+            _, samples = kept.run(jobs, 8, {})
+            assert all(s["ok"] for s in samples)
+    assert len(made) <= 2  # one session per thread of the one pool
+    ReferenceClient(base_url(server), threads=2).run(jobs, 8, {})
+    ReferenceClient(base_url(server), threads=2).run(jobs, 8, {})
+    assert len(made) >= 4  # unkept: each run its own pool, its own sessions
+
+
+def test_segmented_open_loop_alternates_the_clients_abba_and_pools_their_latencies():
+    from benchmarks import compare
+
+    calls: list[tuple[str, list[int], list[float]]] = []
+
+    class Server:
+        def reset(self) -> None:
+            pass
+
+        def cpu_seconds(self) -> None:
+            return None
+
+    class Ways:
+        def _run(self, way: str, part: list[int], at: list[float]) -> dict:
+            calls.append((way, part, at))
+            latencies = [float(p) if way == "ours" else 2.0 * p for p in part]
+            return {"latencies_s": latencies, "p99_s": max(latencies)}
+
+        def reference(self, target, part, at, kept=None):
+            return self._run("reference", part, at)
+
+        def ours(self, target, part, at, kept=None):
+            return self._run("ours", part, at)
+
+    pairs = list(range(1, 9))
+    arrivals = [0.5 * k + 1 for k in range(8)]
+    merged = compare.segmented(Server(), Ways(), pairs, arrivals, 4, kept=None, first="reference")
+    assert [c[0] for c in calls] == ["reference", "ours", "ours", "reference"] * 2
+    assert [c[1] for c in calls[:4]] == [[1, 2], [1, 2], [3, 4], [3, 4]]
+    assert all(c[2][0] == 0.0 for c in calls)  # each part's first request arrives at its start
+    assert calls[2][2] == [0.0, 0.5]
+    assert sorted(merged["ours"]["latencies_s"]) == [float(p) for p in pairs]
+    assert merged["reference"]["p99_s"] == compare.percentile([2.0 * p for p in pairs], 99)
+    assert merged["ours"]["segments"] == 4
