@@ -84,11 +84,11 @@ OPEN_LOAD = 0.8  # p99 compared at this fraction of the reference's saturated th
 # - curve: the plot's latency/throughput curve, fewer requests per point (it is not a target).
 SIZES = {
     "full": dict(pairs={"hot": 64, "long": 160}, open={"hot": 96, "long": 64}, group=8, groups=4, image=1024,
-                 repeats=5, open_repeats={"hot": 16, "long": 8}, segments=2, group_repeats=6, stack_repeats=3, classic=2, warmup=16,
-                 curve=(0.4, 0.7, 1.0), curve_requests=48),
+                 repeats=5, open_repeats={"hot": 16, "long": 8}, segments=2, group_repeats=6, stack_repeats=3,
+                 classic=2, warmup=16, curve=(0.4, 0.7, 1.0), curve_requests=48),
     "quick": dict(pairs={"hot": 4, "long": 4}, open={"hot": 4, "long": 4}, group=4, groups=2, image=512, repeats=3,
-                  open_repeats={"hot": 3, "long": 3}, segments=2, group_repeats=3, stack_repeats=3, classic=1, warmup=2, curve=(0.8,),
-                  curve_requests=4),
+                  open_repeats={"hot": 3, "long": 3}, segments=2, group_repeats=3, stack_repeats=3, classic=1,
+                  warmup=2, curve=(0.8,), curve_requests=4),
 }
 TARGETS = {
     "consistency.max_relative_difference": ("<=", 0.15),
@@ -257,7 +257,7 @@ class Workload:
         return "auto" if self.output_tokens is None else "none"
 
     def reference(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None,
-                  kept: "KeptClients | None" = None) -> dict[str, Any]:
+                  kept: KeptClients | None = None) -> dict[str, Any]:
         reference = kept.reference if kept is not None else ReferenceClient(target.base_url, threads=REFERENCE_THREADS)
         wall, samples = reference.run([(p, self.prompt) for p in pairs], self.max_tokens, self.extra, arrivals)
         failed = [s for s in samples if not s["ok"]]
@@ -287,7 +287,7 @@ class Workload:
         return time.perf_counter() - started, [d[0] for d in done], [d[1] for d in done]
 
     def ours(self, target: Target, pairs: list[list[Path]], arrivals: Sequence[float] | None = None,
-             kept: "KeptClients | None" = None) -> dict[str, Any]:
+             kept: KeptClients | None = None) -> dict[str, Any]:
         if kept is not None:
             wall, latencies, results = kept.call(lambda client: self._send_ours(client, pairs, arrivals))
         else:
@@ -341,11 +341,16 @@ class KeptClients:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ours-event-loop", daemon=True)
 
-    def __enter__(self) -> "KeptClients":
+    def __enter__(self) -> KeptClients:
         self._thread.start()
         self.reference.__enter__()
         self._ours = AsyncRewardClient(self._base_url)
-        self.call(lambda client: client.__aenter__())
+        try:
+            self.call(lambda client: client.__aenter__())
+        except BaseException:
+            self.reference.__exit__(None, None, None)
+            self._stop_loop()
+            raise
         return self
 
     def call(self, work: Callable[[AsyncRewardClient], Any]) -> Any:
@@ -357,9 +362,12 @@ class KeptClients:
             self.reference.__exit__(*exc)
             self.call(lambda client: client.__aexit__(None, None, None))
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
 
 def segmented(target: Target, workload: Workload, pairs: list[list[Path]], arrivals: Sequence[float],

@@ -131,13 +131,14 @@ def test_cpu_build_binds_engine_core_to_its_workers_cores(live_server):
         pytest.skip("the worker is bound to every CPU here: no core is left to keep EngineCore off")
     engines = [p for p in psutil.Process(live_server.proc.pid).children(recursive=True) if named(p, ENGINE_NAME)]
     assert engines, "no VLLM::EngineCore process under the server"
-    deadline = time.monotonic() + 10  # bound within a second of the worker binding itself, before ready
+
     def affinity(thread_id: int) -> set[int]:
         try:
             return os.sched_getaffinity(thread_id)
         except OSError:  # the thread ended meanwhile
             return set()
 
+    deadline = time.monotonic() + 10  # bound within a second of the worker binding itself, before ready
     while True:
         unbound = [(e.pid, t.id, affinity(t.id)) for e in engines for t in e.threads()
                    if not affinity(t.id) <= workers]
