@@ -10,7 +10,11 @@ refuses, with an OpenAI-shaped 4xx error naming the problem:
   - more media items than vLLM's --limit-mm-per-prompt allows, counted before anything is decoded;
   - empty or corrupt base64, bytes that are no image, truncated PNG chunks, and images above
     UNIFIEDREWARD_MAX_IMAGE_PIXELS, all read from the image header (Pillow opens lazily: no pixel decoding);
-  - max_tokens above UNIFIEDREWARD_MAX_TOKENS and n above UNIFIEDREWARD_MAX_N.
+  - max_tokens above UNIFIEDREWARD_MAX_TOKENS and n above UNIFIEDREWARD_MAX_N;
+  - media `uuid`s that do not name their content: vLLM keys its caches by a part's uuid and trusts it, so a
+    caller could attach the uuid of another caller's picture to its own and have that picture judged as its
+    own. A uuid must be "sha256:" + the sha256 of the part's data URL (checked when the data is there), and a
+    part without data may name only such a uuid (the client's media uuids: clients/_uuids.py).
 Requests without the right API key pass through untouched: vLLM's own authentication answers them with a
 401 before this guard spends anything on their body.
 
@@ -46,6 +50,9 @@ Send = Callable[[Message], Awaitable[None]]
 INLINE_CHECK_BYTES = 1 << 20
 # Keys of a chat content part that carry media (with or without a "type", as vLLM's parser accepts them),
 # and the modality of vLLM's --limit-mm-per-prompt each counts against.
+# Media uuids: the sha256 of the part's data URL (clients/_uuids.py computes the same).
+UUID_PREFIX = "sha256:"
+UUID_HEX = 64
 MEDIA_KEYS = {"image_url": "image", "input_image": "image", "image_pil": "image", "image_embeds": "image",
               "video_url": "video", "video_embeds": "video", "audio_url": "audio", "input_audio": "audio",
               "audio_embeds": "audio"}
@@ -224,10 +231,12 @@ def check_request(body: bytes, headers: dict[bytes, bytes], limits: Limits) -> N
         raise Refused(400, "the request body must be a JSON object")
     _check_sampling(request, limits)
     counts: dict[str, int] = {}
-    for where, kind, url in _media_items(request):
+    for where, kind, url, uuid in _media_items(request):
         counts[kind] = counts.get(kind, 0) + 1
         _check_count(kind, counts[kind], limits)
         _check_media_url(where, kind, url, limits)
+        if uuid is not None:
+            _check_uuid(where, url, uuid)
 
 
 def _check_sampling(request: dict[str, Any], limits: Limits) -> None:
@@ -241,8 +250,8 @@ def _check_sampling(request: dict[str, Any], limits: Limits) -> None:
         raise Refused(400, f"n={n} is above this server's cap of {limits.max_n} completions per request", "n")
 
 
-def _media_items(request: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """(where, modality, url or None) for every media content part of a chat request."""
+def _media_items(request: dict[str, Any]) -> Iterator[tuple[str, str, Any, Any]]:
+    """(where, modality, url or None, uuid or None) for every media content part of a chat request."""
     messages = request.get("messages")
     if not isinstance(messages, list):
         return
@@ -256,7 +265,27 @@ def _media_items(request: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
             for key in MEDIA_KEYS.keys() & part.keys():
                 value = part[key]
                 url = value.get("url") if isinstance(value, dict) else value
-                yield f"messages[{i}].content[{j}].{key}", MEDIA_KEYS[key], url
+                yield f"messages[{i}].content[{j}].{key}", MEDIA_KEYS[key], url, part.get("uuid")
+
+
+def media_uuid(url: str) -> str:
+    """The uuid that names a data URL's content."""
+    return UUID_PREFIX + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _check_uuid(where: str, url: Any, uuid: Any) -> None:
+    """A uuid names its content: the sha256 of the data URL sent with it, or, without data, a uuid of that form
+    (which only the content it hashes can have been cached under)."""
+    digits = uuid[len(UUID_PREFIX):] if isinstance(uuid, str) and uuid.startswith(UUID_PREFIX) else ""
+    if len(digits) != UUID_HEX or any(c not in "0123456789abcdef" for c in digits):
+        raise Refused(400, f"{where}: a media uuid on this server is {UUID_PREFIX!r} + the sha256 (hex) of the "
+                           f"part's data URL, not {str(uuid)[:80]!r}", where)
+    if isinstance(url, str):
+        if url[:5].lower() != "data:":
+            raise Refused(400, f"{where}: a media uuid names inline data only, not a URL to fetch", where)
+        if media_uuid(url) != uuid:
+            raise Refused(400, f"{where}: the media uuid does not match its data (it must be {UUID_PREFIX!r} + "
+                               f"the sha256 of the data URL)", where)
 
 
 def _check_count(kind: str, count: int, limits: Limits) -> None:

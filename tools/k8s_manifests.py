@@ -57,9 +57,7 @@ def _header(source: str) -> str:
 def container_args(profiles: Sequence[str]) -> list[str]:
     """The arguments of `vllm serve` in the official image: the model first, then the project's flags."""
     config = ServeConfig.load(profiles=profiles).override(host="0.0.0.0", port=CONTAINER_PORT)
-    args = config.vllm_args()
-    assert args[:2] == ["--model", config.model]
-    return [config.model, *args[2:]]
+    return config.serve_args()
 
 
 def container_env(profiles: Sequence[str]) -> list[dict[str, str]]:

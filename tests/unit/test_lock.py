@@ -99,3 +99,29 @@ def test_lock_lines_that_are_not_exact_pins_are_refused(tmp_path):
     (tmp_path / "y.lock").write_text("PyYAML==6.0.4\npyyaml==6.0.4\n")
     with pytest.raises(AssertionError, match="pinned twice"):
         read_lock(tmp_path / "y.lock")
+
+
+# -- the GPU lock's wheels, checked against the registry (tools/check_gpu_lock.py) ---------------------------
+
+def test_the_wheel_check_names_a_pin_without_a_wheel_for_the_locks_glibc(tmp_path):
+    """The checker checked first (a test tool is code under test too): llguidance 1.7.6's CPython 3.11 wheel
+    needs glibc 2.31, so for manylinux_2_28 it is missing, for 2_31 it is there; pure-Python wheels pass."""
+    from tools.check_gpu_lock import check
+
+    header = "# uv pip compile ... --python-platform x86_64-manylinux_2_{} --python-version 3.11\n"
+    lines = "llguidance==1.7.6\nattrs==26.1.0\n"
+    old, new = tmp_path / "old.lock", tmp_path / "new.lock"
+    old.write_text(header.format(28) + lines)
+    new.write_text(header.format(31) + lines)
+    assert check(old)["missing"] == ["llguidance==1.7.6"]
+    assert check(new)["missing"] == []
+
+
+def test_every_gpu_pin_has_a_wheel_for_linux_x86_64_cpython_311():
+    """requirements/gpu.lock says "resolved, not tested": every pin is found as a wheel on the registry for the
+    platform its header names, so a missing wheel is caught here, not on a GPU machine (~1 minute)."""
+    from tools.check_gpu_lock import check
+
+    result = check(LOCKS / "gpu.lock")
+    assert result["missing"] == [], f"no wheel for {result['platform']}: {result['missing']}"
+    assert result["pins"] == len(read_lock(LOCKS / "gpu.lock"))

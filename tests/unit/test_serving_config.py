@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,15 +47,51 @@ def test_greedy_generation_defaults(parsed):
     assert (neutral.top_p, neutral.top_k, neutral.repetition_penalty) == (1.0, 0, 1.0)
 
 
-def test_gpu_defaults_start_several_api_servers_and_the_cpu_build_one(parsed):
-    """The front end's CPU per pair (benchmarks.compare, `frontend`) sets the GPU count; on the CPU build
-    the engine shares the cores, and one process measures as well as two."""
-    assert parsed.api_server_count == 4
+def test_api_servers_follow_the_gpus_and_the_cpu_build_runs_one(parsed):
+    """--api-server-count = api_servers_per_gpu x the GPUs of this node's engines (defaults.toml, [frontend]),
+    read from the final flags by vLLM's own parser (aliases included); an explicit count is kept as given."""
+    per_gpu = ServeConfig.load().api_servers_per_gpu
+    assert per_gpu and parsed.api_server_count == per_gpu
     cpu = vllm_parse(ServeConfig.load(platform="cpu").vllm_args())
     assert cpu.api_server_count == 1
     assert ServeConfig.load(platform="cpu").vllm["max_model_len"] == ServeConfig.load().vllm["max_model_len"]
+
+    def count(*argv: str, profiles: tuple[str, ...] = ()) -> int | None:
+        config = ServeConfig.load(profiles=profiles).override(extra_args=list(argv))
+        return vllm_parse(config.vllm_args()).api_server_count
+
+    assert count("--data-parallel-size", "4") == 4 * per_gpu
+    assert count("-dp", "2", "-tp", "2") == 4 * per_gpu
+    assert count(profiles=("shared", "data-parallel")) == 8 * per_gpu  # the profile's 8 GPUs
+    assert count("--data-parallel-size", "2", profiles=("shared", "data-parallel")) == 2 * per_gpu
+    assert count("--data-parallel-size", "4", "--data-parallel-size-local", "2") == 2 * per_gpu  # this node's
+    assert count("-dp", "2", "--api-server-count", "3") == 3  # given: kept
+    assert "--api-server-count" not in ServeConfig.load().override(
+        extra_args=["--headless", "-dp", "2"]).vllm_args()  # a headless node runs no API server
     with pytest.raises(ValueError, match="platform"):
         ServeConfig.load(platform="tpu")
+
+
+def test_a_bad_frontend_table_is_refused(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[frontend]\napi_servers_per_gpu = 0\n")
+    with pytest.raises(ValueError, match="api_servers_per_gpu"):
+        ServeConfig.load().with_profile(str(bad))
+    bad.write_text("[frontend]\napi_servers = 2\n")
+    with pytest.raises(ValueError, match="unknown \\[frontend\\] keys"):
+        ServeConfig.load().with_profile(str(bad))
+
+
+def test_the_launchers_command_is_vllm_serve(tmp_path):
+    """`python -m serving.vllm_serve --api-servers-per-gpu N serve MODEL ...`: vLLM's serve subcommand, the model
+    positional; the count is left to the server process (the launcher never imports vLLM), unless given."""
+    config = ServeConfig.load()
+    command = config.command(python="py")
+    assert command[:7] == ["py", "-m", "serving.vllm_serve", "--api-servers-per-gpu", str(config.api_servers_per_gpu),
+                           "serve", "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"]
+    assert "--model" not in command and "--api-server-count" not in command
+    given = config.override(extra_args=["--api-server-count", "3"]).command(python="py")
+    assert given[3] == "serve" and given[-2:] == ["--api-server-count", "3"]
 
 
 def test_authors_profile_serves_as_their_script():
@@ -91,9 +128,11 @@ def test_split_flags_rejects_a_stray_value():
 
 
 def test_dry_run_prints_the_vllm_command():
-    out = subprocess.run([sys.executable, "-m", "serving", "--dry-run", "--port", "8123"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "-m vllm.entrypoints.openai.api_server" in out
+    done = subprocess.run([sys.executable, "-m", "serving", "--dry-run", "--port", "8123", "-dp", "2"],
+                          capture_output=True, text=True, check=True)
+    out = done.stdout
+    assert "--api-server-count resolves to" in done.stderr  # what the server will start, read by vLLM's parser
+    assert "-m serving.vllm_serve --api-servers-per-gpu" in out and " serve CodeGoat24/UnifiedReward-2.0-qwen3vl-2b " in out
     assert "--served-model-name UnifiedReward" in out and "--port 8123" in out
 
 
@@ -149,3 +188,24 @@ def test_api_key_is_required_read_from_env_or_file_and_never_on_the_command_line
 def test_logged_command_masks_a_key_given_as_a_flag():
     shown = masked(["python", "-m", "x", "--api-key", "sk-secret", "--port", "1", "--api-key=sk-two"])
     assert "sk-secret" not in shown and "sk-two" not in shown and "--port 1" in shown
+
+
+@pytest.mark.parametrize("profiles", ["", "shared", "shared,data-parallel"])
+def test_the_gpu_command_line_is_one_vllms_serve_parser_accepts(profiles):
+    """What `make serve` runs on a GPU machine, printed here (--platform gpu --dry-run), then parsed by the
+    `serve` subcommand's own parser and validation, as the server process will."""
+    import shlex
+
+    from serving.vllm_serve import parse
+
+    argv = [sys.executable, "-m", "serving", "--dry-run", "--platform", "gpu", *(["--profile", profiles] if profiles else [])]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, "UNIFIEDREWARD_API_KEY": "k"})
+    command = shlex.split(done.stdout.strip().splitlines()[-1])
+    per_gpu = ServeConfig.load(platform="gpu").api_servers_per_gpu
+    assert command[1:5] == ["-m", "serving.vllm_serve", "--api-servers-per-gpu", str(per_gpu)] and command[5] == "serve"
+    parsed = parse(command[5:])
+    assert parsed.model_tag == "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b" and parsed.dtype == "bfloat16"
+    gpus = 8 if "data-parallel" in profiles else 1
+    assert f"--api-server-count resolves to {per_gpu * gpus} " in done.stderr
+    if "shared" in profiles:
+        assert parsed.middleware == ["serving.guard.RequestGuard"]
