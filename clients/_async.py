@@ -18,10 +18,12 @@ from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT
                          DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL,
                          DEFAULT_TIMEOUT_S, ENCODE_AHEAD, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_MAX_S)
 from ._endpoints import Endpoint, EndpointPool
-from ._requests import VIDEO_MODES, EncodeOptions, build_request, encode_media, encode_one, resolve_task, swap_pair
+from ._requests import (VIDEO_MODES, EncodeOptions, build_request, decides_early, encode_media, encode_one, resolve_task,
+                        swap_pair)
 from ._stream import StopFlag, stream_results
 from ._transport import ATTEMPT_ERRORS, backoff_s, classify, read_plain, read_stream, unfinished
 from ._types import Completion, Item, Logprobs, Result, orders_agree, to_result
+from ._uuids import SentMedia, is_cache_miss, sent_with_data
 from .media import is_url
 from .errors import BadInputError, DeadlineExceededError, RewardError
 from .groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
@@ -48,8 +50,12 @@ class AsyncRewardClient:
     so an unreachable replica costs seconds, not the whole timeout. Images are resized to `max_pixels`
     (the server's cap: more would be thrown away); max_pixels=None sends them at their own size, for the
     `authors` serving profile (no cap). video_mode="frames" (default) sends a video as image frames, the
-    layout the model was trained on; "url" sends the file for the server to sample, off that layout. `transport`: an httpx transport to use
-    instead of the network (tests script the wire with httpx.MockTransport).
+    layout the model was trained on; "url" sends the file for the server to sample, off that layout.
+    media_uuids=True: every inline image carries the hash of its data as vLLM's media uuid, and an image an
+    endpoint has answered for is sent to it by that uuid alone (clients/_uuids.py; a group's candidates, debias'
+    second order, a batch that repeats an image); False sends every image whole, without uuid (a server that
+    does not take media uuids). `transport`: an httpx transport to use instead of the network (tests script
+    the wire with httpx.MockTransport).
     """
 
     def __init__(self, base_url: str | Sequence[str] = DEFAULT_BASE_URL, *, api_key: str | None = None,
@@ -57,7 +63,7 @@ class AsyncRewardClient:
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
                  image_format: str = DEFAULT_IMAGE_FORMAT, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                  min_pixels: int = MIN_PIXELS, max_pixels: int | None = MAX_PIXELS, video_mode: str = "frames",
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 media_uuids: bool = True, transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("give at least one base URL")
@@ -68,7 +74,7 @@ class AsyncRewardClient:
         api_key = api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
         self.model = model
         self.max_retries = max_retries
-        self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode)
+        self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode, media_uuids)
         # The same Timeout object for the HTTP client and for openai: openai applies its own `timeout` to
         # every request, so a bare number there would override the connect limit.
         self.timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
@@ -79,6 +85,8 @@ class AsyncRewardClient:
                                                       max_retries=0, http_client=self._http))
                      for url in urls]
         self.pool = EndpointPool(endpoints, self._http)
+        # Per endpoint, the images it has answered for: sent again by uuid alone (clients/_uuids.py).
+        self.media = SentMedia()
 
     # -- one request, with retries across endpoints -------------------------------------------------
 
@@ -99,10 +107,7 @@ class AsyncRewardClient:
             async with self.pool.lease() as endpoint:
                 sent_at = time.monotonic()
                 try:
-                    if stream:
-                        completion = await read_stream(endpoint.api, request, endpoint.base_url, first_token)
-                    else:
-                        completion = await read_plain(endpoint.api, request, endpoint.base_url)
+                    completion = await self._attempt(endpoint, request, stream, first_token)
                 except ATTEMPT_ERRORS as exc:
                     failure, cause = classify(exc), exc
                 else:
@@ -121,8 +126,35 @@ class AsyncRewardClient:
             waited += delay
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def _attempt(self, endpoint: Endpoint, request: dict[str, Any], stream: bool,
+                       first_token: asyncio.Event | None) -> Completion:
+        """One attempt on one endpoint: images it has answered for go by their uuid alone (clients/_uuids.py);
+        if the API process that takes it lacks one of them, the same request goes again with the data."""
+        sending, slimmed = self.media.slim(request, endpoint.base_url)
+        with_data = sent_with_data(request)
+
+        def answered() -> None:  # the server has processed the images: its cache holds them from now on
+            self.media.remember(endpoint.base_url, with_data)
+
+        async def send(body: dict[str, Any]) -> Completion:
+            if stream:
+                return await read_stream(endpoint.api, body, endpoint.base_url, first_token, answered)
+            completion = await read_plain(endpoint.api, body, endpoint.base_url)
+            answered()
+            return completion
+
+        try:
+            return await send(sending)
+        except openai.BadRequestError as exc:
+            if not slimmed or not is_cache_miss(exc):
+                raise
+            self.media.forget(endpoint.base_url, slimmed)
+            self.media.misses += len(slimmed)
+            return await send(request)
+
     async def _score_item(self, item: Item, *, constraint: str, logprobs: Logprobs, max_tokens: int | None,
-                          extra_body: Mapping[str, Any] | None = None, gate: asyncio.Semaphore | None = None,
+                          extra_body: Mapping[str, Any] | None = None, decode: str = "decisive",
+                          gate: asyncio.Semaphore | None = None,
                           first_token: asyncio.Event | None = None, stop: StopFlag | None = None) -> Result:
         """One item, one order. Raises RewardError; the callers turn it into a Result. The media are
         encoded before taking a place at `gate` (the in-flight limit): while requests are in flight, the
@@ -133,22 +165,20 @@ class AsyncRewardClient:
         else:
             encoded = await asyncio.to_thread(encode_media, task, item.media, self.encode_options)
         request = build_request(task, encoded, item.fields, model=self.model, constraint=constraint,
-                                logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
+                                logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body, decode=decode)
         async with gate or contextlib.nullcontext():
             if stop is not None and stop.is_set():
                 raise _NotStarted
             completion = await self.complete(request, stream=first_token is not None, first_token=first_token)
-        return to_result(task, completion, id=item.id, logprobs=logprobs)
+        return to_result(task, completion, id=item.id, logprobs=logprobs,
+                         decisive=decides_early(task, constraint, decode, extra_body))
 
     async def _score_safely(self, item: Item, *, debias: bool, **options: Any) -> Result:
         """Never raises: a failure becomes a Result with `error`, so one bad item cannot sink a batch."""
         try:
             if not debias:
                 return await self._score_item(item, **options)
-            task = resolve_task(item.task)
-            swapped_item = swap_pair(task, item)
-            first, second = await asyncio.gather(self._score_item(item, **options),
-                                                 self._score_item(swapped_item, **options))
+            first, second = await self._both_orders(item, **options)
             return dataclasses.replace(first, swapped=second, agreement=orders_agree(first.verdict, second.verdict))
         except _NotStarted:
             raise
@@ -157,25 +187,60 @@ class AsyncRewardClient:
         except Exception as exc:  # a bug or an unforeseen input: still this item's failure alone
             return Result.failure(RewardError(f"{type(exc).__name__}: {exc}"), task=item.task_name, id=item.id)
 
+    async def _both_orders(self, item: Item, *, first_token: asyncio.Event | None = None,
+                           **options: Any) -> tuple[Result, Result]:
+        """debias: the item, then the same pair in the other order. The media are encoded once, and the second
+        order is sent once the first has its first token, so that the server has its images by then and takes
+        them by uuid alone (its image processing and decoding skipped: clients/_uuids.py)."""
+        task = resolve_task(item.task)
+        if not _all_urls(item.media):
+            item = dataclasses.replace(item, media=await asyncio.to_thread(encode_media, task, item.media,
+                                                                           self.encode_options))
+        swapped = swap_pair(task, item)
+        started = _Events(*(e for e in (first_token,) if e is not None))
+
+        async def first() -> Result:
+            try:
+                return await self._score_item(item, first_token=started, **options)
+            finally:
+                started.set()  # also when it failed: the second order must not wait forever
+
+        async def second() -> Result:
+            await started.wait()
+            return await self._score_item(swapped, **options)
+
+        tasks = [asyncio.ensure_future(first()), asyncio.ensure_future(second())]
+        try:
+            one, other = await asyncio.gather(*tasks)
+        finally:
+            for task_ in tasks:  # the first order failed: the second is not left running
+                task_.cancel()
+        return one, other
+
     # -- public API ---------------------------------------------------------------------------------
 
     async def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto",
                     logprobs: Logprobs = False, debias: bool = False, max_tokens: int | None = None,
-                    extra_body: Mapping[str, Any] | None = None, **fields: str) -> Result:
+                    extra_body: Mapping[str, Any] | None = None, decode: str = "decisive", **fields: str) -> Result:
         """Score one item. Never raises for the item's own failure: see `Result.error` (or `.reward`,
         which raises it). media: images (paths, bytes, PIL images, HWC uint8 arrays, URLs); for video tasks
         per video a file, bytes, a URL or a list of frames. constraint: "auto" | "verdict" | "none".
         logprobs: True: soft scores (p_first, expected_score) drive the reward where the answer's logprobs
         give one, and `Result.reward_kind` says "soft" or "hard"; "require": soft or the item fails with
-        SoftScoreUnavailableError. debias: pair tasks in both orders."""
+        SoftScoreUnavailableError. debias: pair tasks in both orders. decode: "decisive" (default) stops a
+        constrained choice or one-digit final score at the token that decides it, where the verdict and soft
+        score are then exactly the full answer's (`Result.text` is then "Image 1", not "Image 1 is better.");
+        "full" decodes the whole answer."""
         return await self._score_safely(Item(task, media, fields), debias=debias, constraint=constraint,
-                                        logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body)
+                                        logprobs=logprobs, max_tokens=max_tokens, extra_body=extra_body,
+                                        decode=decode)
 
     async def score_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = False,
                            deadline_s: float | None = None, stop: StopFlag | None = None, constraint: str = "auto",
                            logprobs: Logprobs = False, debias: bool = False, max_tokens: int | None = None,
-                           extra_body: Mapping[str, Any] | None = None) -> AsyncIterator[Result]:
+                           extra_body: Mapping[str, Any] | None = None, decode: str = "decisive"
+                           ) -> AsyncIterator[Result]:
         """Score items as a stream: a Result per item as soon as it is final (`ordered=True`: in input order,
         through a small reorder buffer). Items are pulled lazily from any iterable or async iterable (a
         generator over a 10^6-line file), at most `concurrency x (1 + ENCODE_AHEAD)` alive at once, so
@@ -188,7 +253,7 @@ class AsyncRewardClient:
         """
         stream = self._stream(items, concurrency=concurrency, ordered=ordered, deadline_s=deadline_s, stop=stop,
                               constraint=constraint, logprobs=logprobs, debias=debias, max_tokens=max_tokens,
-                              extra_body=extra_body)
+                              extra_body=extra_body, decode=decode)
         async with contextlib.aclosing(stream):
             async for _, result in stream:
                 yield result
@@ -197,7 +262,7 @@ class AsyncRewardClient:
                           concurrency: int = DEFAULT_CONCURRENCY, deadline_s: float | None = None,
                           constraint: str = "auto", logprobs: Logprobs = False, debias: bool = False,
                           max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
-                          progress: Progress = False) -> list[Result]:
+                          progress: Progress = False, decode: str = "decisive") -> list[Result]:
         """Score many items with at most `concurrency` in flight; results in input order, one per item.
         `deadline_s`: after that many seconds, unfinished items fail with DeadlineExceededError.
         (A collector over score_stream: for inputs larger than memory, use score_stream.)"""
@@ -205,7 +270,7 @@ class AsyncRewardClient:
         results: dict[int, Result] = {}
         stream = self._stream(items, concurrency=concurrency, ordered=False, deadline_s=deadline_s, stop=None,
                               constraint=constraint, logprobs=logprobs, debias=debias, max_tokens=max_tokens,
-                              extra_body=extra_body)
+                              extra_body=extra_body, decode=decode)
         try:
             async with contextlib.aclosing(stream):
                 async for index, result in stream:
@@ -246,7 +311,7 @@ class AsyncRewardClient:
 
     async def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None,
                          debias: bool = False, logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY,
-                         **fields: str) -> GroupResult:
+                         decode: str = "decisive", **fields: str) -> GroupResult:
         """Rank a group of candidates (e.g. one prompt's GRPO samples) with a pairwise task: all pairs, or a
         budget of `pairs`. Per item: win rate (a tie counts half to each) and Bradley-Terry strength. Each
         candidate is encoded once, and one pair per leading candidate goes first so that the others find
@@ -274,15 +339,22 @@ class AsyncRewardClient:
         semaphore = asyncio.Semaphore(concurrency)
         results: dict[tuple[int, int], Result] = {}
         # One pair per leading candidate goes first, streamed; the other pairs led by the same candidate
-        # wait until its first token, when vLLM has that candidate's image prefix in its cache.
+        # wait until its first token, when vLLM has that candidate's image prefix in its cache, and until the
+        # first primer showing their second candidate has its first token: both images then go by uuid alone.
         primers, _ = cache_friendly_waves(chosen)
         prefilled = {i: asyncio.Event() for i, _ in primers}
+        shown_by: dict[int, int] = {}  # candidate -> the leading candidate of the first primer showing it
+        for i, j in primers:
+            shown_by.setdefault(i, i)
+            shown_by.setdefault(j, i)
 
         async def compare(i: int, j: int) -> None:
             primer = (i, j) in primers
             try:
                 if not primer:
                     await prefilled[i].wait()
+                    if j in shown_by:
+                        await prefilled[shown_by[j]].wait()
                 if encoded[i] is None or encoded[j] is None:
                     bad = errors.get(i) or errors.get(j)
                     results[(i, j)] = Result.failure(bad, task=spec.name, id=(i, j))
@@ -290,7 +362,7 @@ class AsyncRewardClient:
                 async with semaphore:
                     results[(i, j)] = await self._score_safely(
                         Item(spec, [encoded[i], encoded[j]], fields, id=(i, j)), debias=debias,
-                        constraint="auto", logprobs=logprobs, max_tokens=None,
+                        constraint="auto", logprobs=logprobs, max_tokens=None, decode=decode,
                         first_token=prefilled[i] if primer else None)
             finally:
                 if primer:
@@ -314,11 +386,26 @@ class AsyncRewardClient:
         await self.aclose()
 
 
+class _Events(asyncio.Event):
+    """An event that also sets others when set (a request's first token, told to several waiters)."""
+
+    def __init__(self, *others: asyncio.Event) -> None:
+        super().__init__()
+        self._others = others
+
+    def set(self) -> None:
+        super().set()
+        for other in self._others:
+            other.set()
+
+
 def _all_urls(media: Any) -> bool:
-    """URLs (data:, http(s):) only, videos as frame-URL lists included: what encoding passes through."""
+    """URLs (data:, http(s):) and ready content parts only, videos as frame lists included: nothing to decode."""
+    if isinstance(media, Mapping):
+        return True
     if isinstance(media, (str, bytes)) or not isinstance(media, Sequence):
         return is_url(media)
-    return all(_all_urls(m) if isinstance(m, (list, tuple)) else is_url(m) for m in media)
+    return all(_all_urls(m) if isinstance(m, (list, tuple, Mapping)) else is_url(m) for m in media)
 
 
 def _progress_reporter(progress: Progress, total: int | None) -> Callable[[Result | None], None]:

@@ -11,9 +11,13 @@ from prompts import PromptsError, Task, get_task
 from ._constants import DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, MAX_PIXELS, MIN_PIXELS
 from ._types import LOGPROBS_MODES, Item, Logprobs
 from .errors import BadInputError
+from ._uuids import image_part
 from .media import encode_image, encode_video_url, is_url, video_frames
 
 CONSTRAINTS = ("auto", "verdict", "none")
+# decode="decisive": stop a constrained verdict at the token that decides it, where that gives exactly the full
+# answer's verdict and soft score (the task's `decisive_stops`); "full": decode the whole answer.
+DECODES = ("decisive", "full")
 VIDEO_MODES = ("frames", "url")
 TOP_LOGPROBS = 20  # vLLM's default cap on top_logprobs
 
@@ -29,6 +33,7 @@ class EncodeOptions:
     min_pixels: int = MIN_PIXELS
     max_pixels: int | None = MAX_PIXELS  # None: full size (a server without a pixel cap)
     video_mode: str = "frames"  # "url": the file, for the server to sample: off the trained frame layout
+    uuids: bool = True  # inline images carry the hash of their data as vLLM's media `uuid` (clients/_uuids.py)
 
 
 def resolve_task(task: str | Task) -> Task:
@@ -39,15 +44,17 @@ def resolve_task(task: str | Task) -> Task:
 
 
 def encode_one(kind: str, frames: int | None, item: Any, options: EncodeOptions) -> Any:
-    """One media item of a task whose media are `kind`. Images -> a data URL. A video: a URL passes through;
-    a file or bytes -> `frames` evenly spaced frames (or the file itself with video_mode="url"); a list of
-    frames -> frame data URLs. Runs in a worker thread: decoding never blocks the event loop."""
+    """One media item of a task whose media are `kind`. Images -> a data URL (as a content part with its uuid
+    when options.uuids; other URLs and ready parts pass through). A video: a URL passes through; a file or
+    bytes -> `frames` evenly spaced frames (or the file itself with video_mode="url"); a list of frames ->
+    frame images. Runs in a worker thread: decoding never blocks the event loop."""
 
-    def image(x: Any) -> str:
-        if is_url(x):
-            return x
-        return encode_image(x, image_format=options.image_format, quality=options.quality,
-                            min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+    def image(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return x  # a content part already built (an image encoded once for several requests)
+        url = x if is_url(x) else encode_image(x, image_format=options.image_format, quality=options.quality,
+                                                min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+        return image_part(url) if options.uuids else url
 
     if kind == "image":
         return image(item)
@@ -71,16 +78,36 @@ def encode_media(task: Task, media: Sequence[Any], options: EncodeOptions = Enco
     return [encode_one(task.media.kind, task.media.frames, m, options) for m in media]
 
 
-def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *, model: str,
-                  constraint: str = "auto", logprobs: Logprobs = False, max_tokens: int | None = None,
-                  extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Keyword arguments for `chat.completions.create`: greedy and bounded. `constraint`: "auto" (the task's
-    default: structured formats constrained, free reasoning not), "verdict" (always constrained; free
-    reasoning skipped) or "none". `logprobs`: ask for the top alternatives, for soft scores (True or
-    "require"; "require" is refused for a task that has no soft score).
-    `extra_body`: more vLLM request fields (e.g. {"ignore_eos": true}, {"priority": 1})."""
+def structured_for(task: Task, constraint: str) -> dict[str, Any] | None:
+    """The `structured_outputs` constraint a request carries: "auto" (the task's default: structured formats
+    constrained, free reasoning not), "verdict" (always constrained; free reasoning skipped) or "none"."""
     if constraint not in CONSTRAINTS:
         raise BadInputError(f"constraint must be one of {CONSTRAINTS}, not {constraint!r}")
+    return {"auto": task.structured_outputs, "verdict": task.verdict_constraint, "none": None}[constraint]
+
+
+def decides_early(task: Task, constraint: str, decode: str, extra_body: Mapping[str, Any] | None = None) -> bool:
+    """Whether the request stops at the deciding token: decode="decisive", the answer constrained to the
+    verdict from its first token, a task whose `decisive_stops` are exact, and no fixed-length answer asked."""
+    if decode not in DECODES:
+        raise BadInputError(f"decode must be one of {DECODES}, not {decode!r}")
+    if decode != "decisive" or not task.decisive_stops or (extra_body or {}).get("ignore_eos"):
+        return False
+    structured = structured_for(task, constraint)
+    return structured is not None and structured == task.verdict_constraint
+
+
+def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *, model: str,
+                  constraint: str = "auto", logprobs: Logprobs = False, max_tokens: int | None = None,
+                  extra_body: Mapping[str, Any] | None = None, decode: str = "decisive") -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: greedy and bounded. `constraint`: see structured_for.
+    `logprobs`: ask for the top alternatives, for soft scores (True or "require"; "require" is refused for a
+    task that has no soft score). `decode`: "decisive" stops a constrained verdict at its deciding token where
+    that is exact (decides_early: "Image 1" instead of "Image 1 is better."; the same verdict and soft score
+    from 3 tokens instead of 7), "full" decodes the whole answer.
+    `extra_body`: more vLLM request fields (e.g. {"ignore_eos": true}, {"priority": 1})."""
+    structured = structured_for(task, constraint)
+    early = decides_early(task, constraint, decode, extra_body)
     if logprobs not in LOGPROBS_MODES:
         raise BadInputError(f"logprobs must be one of {LOGPROBS_MODES}, not {logprobs!r}")
     if logprobs == "require" and not task.soft_scores:
@@ -96,10 +123,14 @@ def build_request(task: Task, urls: Sequence[Any], fields: Mapping[str, str], *,
         "max_tokens": max_tokens or task.max_tokens,
         "temperature": 0.0,
     }
-    structured = {"auto": task.structured_outputs, "verdict": task.verdict_constraint, "none": None}[constraint]
     body = dict(extra_body or {})
     if structured is not None:
         body["structured_outputs"] = structured
+    if early:
+        # vLLM ends the request when the text reaches a stop string (the token that completes it is kept, with
+        # its logprobs); the text runs to the stop's end, so the parser sees which choice was decided.
+        request["stop"] = list(task.decisive_stops)
+        body["include_stop_str_in_output"] = True
     if body:
         request["extra_body"] = body
     if logprobs:

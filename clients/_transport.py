@@ -12,7 +12,7 @@ import email.utils
 import math
 import random
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 import openai
@@ -112,9 +112,11 @@ async def read_plain(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint:
 
 
 async def read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint: str,
-                      first_token: asyncio.Event | None = None) -> Completion:
-    """A streamed chat completion, gathered: text, finish reason, usage, logprobs, time to first token. The
-    response is closed on every path (an error, a cancellation), so no connection is left half read."""
+                      first_token: asyncio.Event | None = None,
+                      on_first_token: Callable[[], None] | None = None) -> Completion:
+    """A streamed chat completion, gathered: text, finish reason, usage, logprobs, time to first token
+    (`on_first_token` is called, then `first_token` set, when it arrives). The response is closed on every
+    path (an error, a cancellation), so no connection is left half read."""
     started = time.perf_counter()
     parts: list[str] = []
     logprobs: list[Any] = []
@@ -128,6 +130,8 @@ async def read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint
                 if choice.delta.content:
                     if ttft is None:
                         ttft = time.perf_counter() - started
+                        if on_first_token is not None:
+                            on_first_token()
                         if first_token is not None:
                             first_token.set()
                     parts.append(choice.delta.content)

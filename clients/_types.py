@@ -152,16 +152,17 @@ class Result:
                    exception=exc, **extra)
 
 
-def to_result(task: Task, completion: Completion, *, id: Any = None, logprobs: Logprobs = False) -> Result:
+def to_result(task: Task, completion: Completion, *, id: Any = None, logprobs: Logprobs = False,
+              decisive: bool = False) -> Result:
     """Parse a completion into a Result; an unparseable answer raises with the raw answer attached, and so
-    does a hard verdict when logprobs="require"."""
+    does a hard verdict when logprobs="require". decisive: the request stopped at the deciding token."""
     text = completion.text
     try:
         if completion.finish_reason == "length":
             # A verdict cut short may still parse to the wrong number ('2.6' of '2.69'): never accept it.
             raise VerdictError(f"{task.name}: the answer was cut at max_tokens ({len(text)} characters); "
                                f"raise max_tokens")
-        verdict = task.parse(text, completion.logprobs)
+        verdict = task.parse(text, completion.logprobs, decisive=decisive)
     except VerdictError as exc:
         raise UnparseableVerdictError(str(exc), text, completion=completion) from None
     if logprobs == "require" and verdict.reward_kind != "soft":

@@ -25,7 +25,7 @@ from ._async import AsyncRewardClient
 from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
                          DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, MAX_PIXELS,
                          MIN_PIXELS)
-from ._requests import CONSTRAINTS, EncodeOptions, build_request, encode_media, resolve_task
+from ._requests import CONSTRAINTS, DECODES, EncodeOptions, build_request, encode_media, resolve_task
 from ._types import Logprobs
 from .client import RewardClient
 from .dataset_io import Source, open_sink, parse_mapping
@@ -60,6 +60,9 @@ def _item_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response")
     parser.add_argument("--constraint", choices=CONSTRAINTS, default="auto",
                         help="decoding constraint: the task's default, verdict only, or none")
+    parser.add_argument("--decode", choices=DECODES, default="decisive",
+                        help="decisive: stop a constrained choice or one-digit score at the token that decides "
+                             "it (same verdict and soft score, fewer tokens); full: the whole answer")
     parser.add_argument("--logprobs", nargs="?", const="on", choices=("on", "require"),
                         help="soft scores (p_first, expected_score) where the answer gives one, else the stated "
                              "verdict (reward_kind says which); 'require': soft or the item fails")
@@ -159,7 +162,7 @@ def _media(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    options = dict(constraint=args.constraint, logprobs=_logprobs(args), debias=args.debias)
+    options = dict(constraint=args.constraint, logprobs=_logprobs(args), debias=args.debias, decode=args.decode)
     if args.input is None:
         if not args.task:
             raise BadInputError("give --task (and media and fields), or --input items.jsonl")
@@ -190,7 +193,8 @@ def cmd_group(args: argparse.Namespace) -> int:
         raise BadInputError("give --task, e.g. image_gen.pair_rank")
     with _client(args) as client:
         group = client.rank_group(args.task, _media(args), pairs=args.pairs, debias=args.debias,
-                                  logprobs=_logprobs(args), concurrency=args.concurrency, **_fields(args))
+                                  logprobs=_logprobs(args), concurrency=args.concurrency, decode=args.decode,
+                                  **_fields(args))
     print(json.dumps(group.to_dict(), indent=2, ensure_ascii=False))
     return 0 if group.errors == 0 else 1
 
@@ -202,7 +206,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     task = resolve_task(args.task)
     media = encode_media(task, _media(args), _encode_options(args))
     request = build_request(task, media, _fields(args), model=args.model, constraint=args.constraint,
-                            logprobs=_logprobs(args))
+                            logprobs=_logprobs(args), decode=args.decode)
     body = {**{k: v for k, v in request.items() if k != "extra_body"}, **request.get("extra_body", {})}
     print(json.dumps(body, ensure_ascii=False))
     return 0

@@ -79,25 +79,25 @@ class RewardClient:
 
     def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: Logprobs = False,
               debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
-              **fields: str) -> Result:
+              decode: str = "decisive", **fields: str) -> Result:
         """See AsyncRewardClient.score."""
         return self._run(self._async.score(task, media, constraint=constraint, logprobs=logprobs, debias=debias,
-                                           max_tokens=max_tokens, extra_body=extra_body, **fields))
+                                           max_tokens=max_tokens, extra_body=extra_body, decode=decode, **fields))
 
     def score_batch(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *, concurrency: int = DEFAULT_CONCURRENCY,
                     deadline_s: float | None = None, constraint: str = "auto", logprobs: Logprobs = False,
                     debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,
-                    progress: Progress = False) -> list[Result]:
+                    progress: Progress = False, decode: str = "decisive") -> list[Result]:
         """See AsyncRewardClient.score_batch."""
         return self._run(self._async.score_batch(
             items, concurrency=concurrency, deadline_s=deadline_s, constraint=constraint, logprobs=logprobs,
-            debias=debias, max_tokens=max_tokens, extra_body=extra_body, progress=progress))
+            debias=debias, max_tokens=max_tokens, extra_body=extra_body, progress=progress, decode=decode))
 
     def score_iter(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                    concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = False, deadline_s: float | None = None,
                    stop: StopFlag | None = None, constraint: str = "auto", logprobs: Logprobs = False,
                    debias: bool = False, max_tokens: int | None = None,
-                   extra_body: Mapping[str, Any] | None = None) -> Iterator[Result]:
+                   extra_body: Mapping[str, Any] | None = None, decode: str = "decisive") -> Iterator[Result]:
         """See AsyncRewardClient.score_stream: Results as they are final, items pulled lazily. Leaving the
         loop early (break, an exception, Ctrl-C) cancels the requests in flight.
 
@@ -107,7 +107,7 @@ class RewardClient:
         """
         stream = self._async.score_stream(items, concurrency=concurrency, ordered=ordered, deadline_s=deadline_s,
                                           stop=stop, constraint=constraint, logprobs=logprobs, debias=debias,
-                                          max_tokens=max_tokens, extra_body=extra_body)
+                                          max_tokens=max_tokens, extra_body=extra_body, decode=decode)
         try:
             while True:
                 try:
@@ -120,10 +120,11 @@ class RewardClient:
                 self._run(stream.aclose())
 
     def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
-                   logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY, **fields: str) -> GroupResult:
+                   logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY, decode: str = "decisive",
+                   **fields: str) -> GroupResult:
         """See AsyncRewardClient.rank_group."""
         return self._run(self._async.rank_group(task, media, pairs=pairs, debias=debias, logprobs=logprobs,
-                                                concurrency=concurrency, **fields))
+                                                concurrency=concurrency, decode=decode, **fields))
 
     def complete(self, request: dict[str, Any], *, stream: bool = False) -> Completion:
         """See AsyncRewardClient.complete: one raw chat request through the same transport."""

@@ -112,8 +112,15 @@ class OutputFormat:
         """Whether a soft reward can be read from the verdict tokens' logprobs (p_first, expected_score)."""
         return False
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> Verdict:
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> Verdict:
+        """The verdict of an answer; decisive=True: the answer was stopped at one of `decisive_stops()`."""
         raise NotImplementedError
+
+    def decisive_stops(self) -> tuple[str, ...] | None:
+        """Stop strings that end an answer under `verdict_constraint()` right after the token that decides its
+        verdict, so that the tokens decoded, their logprobs and so the verdict and soft score are those of the
+        full answer, with fewer tokens. None where no such set is exact (or nothing would be saved)."""
+        return None
 
     def verdict_constraint(self) -> dict[str, Any]:
         """A `structured_outputs` constraint under which every answer parses."""
@@ -146,20 +153,25 @@ class ChoiceFormat(OutputFormat):
             raise ValueError(f"{task}: choices need winners 0 (tie), 1 or 2")
         return cls(task=task, choices=choices, free_reasoning=bool(spec.get("free_reasoning", False)))
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> RankVerdict:
-        pattern = "|".join(f"({phrase_pattern(phrase)})" for phrase, _ in self.choices)
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> RankVerdict:
         plain = normalize(text)
-        matches = list(re.finditer(pattern, plain, re.IGNORECASE))
-        if not matches:
-            expected = " / ".join(repr(t) for t, _ in self.choices)
-            raise VerdictError(f"{self.task}: no verdict found (expected {expected}) in {snippet(text)!r}")
-        last = matches[-1]
-        winner = self.choices[last.lastindex - 1][1]
+        stops = (self.decisive_stops() or ()) if decisive else ()
+        if plain in stops:
+            # Stopped at the deciding token: the answer is the start of one choice, up to its stop string.
+            winner, start = self.choices[stops.index(plain)][1], 0
+        else:  # a whole answer (also where a server ignored the stop strings)
+            pattern = "|".join(f"({phrase_pattern(phrase)})" for phrase, _ in self.choices)
+            matches = list(re.finditer(pattern, plain, re.IGNORECASE))
+            if not matches:
+                expected = " / ".join(repr(t) for t, _ in self.choices)
+                raise VerdictError(f"{self.task}: no verdict found (expected {expected}) in {snippet(text)!r}")
+            last = matches[-1]
+            winner, start = self.choices[last.lastindex - 1][1], last.start()
         hard = {1: 1.0, 2: 0.0, 0: 0.5}[winner]
         tokens = align(text, logprobs) if plain == text else None  # offsets hold only for unmodified text
         if tokens:
             phrases = [(p.rstrip("."), w) for p, w in self.choices]
-            probs = choice_probabilities(text, tokens, phrases, last.start())
+            probs = choice_probabilities(text, tokens, phrases, start)
             if probs:
                 p_first = probs.get(1, 0.0) + 0.5 * probs.get(0, 0.0)
                 return RankVerdict(task=self.task, reward=p_first, winner=winner or None, p_first=p_first,
@@ -172,6 +184,26 @@ class ChoiceFormat(OutputFormat):
 
     def verdict_constraint(self) -> dict[str, Any]:
         return {"choice": [text for text, _ in self.choices]}
+
+    def decisive_stops(self) -> tuple[str, ...] | None:
+        """Per choice (in order) its shortest start that no other choice shares, run on to the end of its word:
+        "Image 1", "Image 2", "Both". Under the choice constraint the first of these to appear ends the phrase
+        it starts, at the token that settles the choice (`choice_probabilities` stops reading there too)."""
+        texts = [text for text, _ in self.choices]
+        stops = []
+        for text in texts:
+            cut = next((n for n in range(1, len(text) + 1)
+                        if not any(o.startswith(text[:n]) for o in texts if o != text)), None)
+            if cut is None:
+                return None  # a choice that is the start of another is never decided early
+            space = text.find(" ", cut)
+            stops.append(text[: space if space != -1 else len(text)])
+        # Exact only if, in every choice, its own stop is the first of the stops to be complete.
+        for text, own in zip(texts, stops):
+            first = min((text.find(s) + len(s), s) for s in stops if s in text)
+            if first != (len(own), own):
+                return None
+        return tuple(stops)
 
     def max_verdict_chars(self) -> int:
         return max(len(text) for text, _ in self.choices)
@@ -193,7 +225,7 @@ class PairScoresFormat(OutputFormat):
         return cls(task=task, axes=tuple(spec["axes"]), item=spec["item"],
                    sum_tolerance=float(spec.get("sum_tolerance", 0.01)))
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> PairScoreVerdict:
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> PairScoreVerdict:
         plain = normalize(text)
         scores: dict[str, list[float]] = {}
         missing = []
@@ -255,7 +287,7 @@ class AxisScoresFormat(OutputFormat):
         return cls(task=task, axes=tuple(spec["axes"]), label=spec["label"], lo=int(lo), hi=int(hi),
                    word_scores=bool(spec.get("word_scores", False)))
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> ScoreVerdict:
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> ScoreVerdict:
         plain = normalize(text)
         scores: dict[str, float] = {}
         missing = []
@@ -342,8 +374,8 @@ class FinalScoreFormat(OutputFormat):
                    subscores=tuple(spec.get("subscores", ())), sub_range=tuple(spec.get("sub_range", (1, 5))),
                    elements=bool(spec.get("elements", False)), free_reasoning=bool(spec.get("free_reasoning", False)))
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> FinalScoreVerdict:
-        plain = normalize(text)
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> FinalScoreVerdict:
+        plain = normalize(text)  # stopped at the score's digit (decisive) or not, the same text
         final = last_labelled_number(plain, self.LABEL)
         if final is None:
             raise VerdictError(f"{self.task}: no '{self.LABEL}: X' found in {snippet(text)!r}")
@@ -387,6 +419,14 @@ class FinalScoreFormat(OutputFormat):
             value = parse_number(raw, f"{self.task}: element {name!r}", 0, 1, integer=True)
             elements.append({"element": name, "type": kind, "value": int(value)})
         return elements
+
+    def decisive_stops(self) -> tuple[str, ...] | None:
+        """'Final Score: X' for each one-digit X: the digit is the answer's last verdict token, so stopping
+        there saves the end-of-sequence token and changes nothing (no earlier line can hold 'Final Score: ':
+        sub-score labels are fixed, element names have no colon)."""
+        if not self.soft_scores:
+            return None
+        return tuple(f"{self.LABEL}: {d}" for d in range(self.lo, self.hi + 1))
 
     def _final_line(self) -> str:
         return f"{self.LABEL}: {number_regex(self.lo, self.hi, integer=True)}"

@@ -89,9 +89,16 @@ class Task:
         content.append({"type": "text", "text": self.render(**fields)})
         return [{"role": "user", "content": content}]
 
-    def parse(self, text: str, logprobs: Sequence[Any] | None = None) -> Verdict:
-        """The typed verdict, or VerdictError. `logprobs`: the response's `logprobs.content` (for soft scores)."""
-        return self.output.parse(text, logprobs)
+    def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> Verdict:
+        """The typed verdict, or VerdictError. `logprobs`: the response's `logprobs.content` (for soft scores).
+        decisive=True: the answer was stopped at one of `decisive_stops` (so it ends there)."""
+        return self.output.parse(text, logprobs, decisive)
+
+    @property
+    def decisive_stops(self) -> tuple[str, ...] | None:
+        """Stop strings that end the constrained verdict at the token deciding it (same tokens, logprobs and
+        verdict as the full answer, fewer tokens decoded); None where that is not exact."""
+        return self.output.decisive_stops()
 
     @property
     def soft_scores(self) -> bool:
