@@ -35,9 +35,10 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-## side-by-side baselines, a load sweep on the tiny checkpoint, the client's feed rate: results/{compare,load,feed}.*
+## side-by-side baselines, the front end's CPU per pair, a load sweep, the client's feed rate: results/{compare,frontend,load,feed}.*
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
+	$(PY) -m benchmarks.frontend
 	$(PY) -m benchmarks.load --serve-tiny --concurrency 1 8 32 64 --rate 1 2 --requests 32
 	$(PY) -m benchmarks.feed
 

@@ -58,6 +58,7 @@ from testkit.media import synthetic_image
 
 from .classic import classic_generate
 from .metrics import computed_prompt_tokens, scrape
+from .processes import ServerProcesses
 from .reference_client import ReferenceClient
 from .stats import percentile
 
@@ -144,14 +145,14 @@ class Inputs:
 # -- the server under test ------------------------------------------------------------------------------
 
 class Target:
-    """The server: its URLs, a cache reset before each timed run, and the CPU time of its API server and of
-    its engine processes, read from the OS (found by the port the API server listens on)."""
+    """The server: its URLs, a cache reset before each timed run, and the CPU time of its API-server processes
+    and of its engine processes, read from the OS (found by the port it listens on: benchmarks/processes.py)."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url.removesuffix("/v1")
         self.port = httpx.URL(self.url).port
-        self._api: psutil.Process | None = None
+        self._server: ServerProcesses | None = None
 
     def reset(self) -> None:
         for route in ("/reset_prefix_cache", "/reset_mm_cache"):
@@ -161,51 +162,33 @@ class Target:
                                  f"VLLM_SERVER_DEV_MODE=1 (caches are reset before every timed run)")
             response.raise_for_status()
 
-    def _api_process(self) -> psutil.Process | None:
-        if self._api is None or not self._api.is_running():
-            self._api = next((p for p in psutil.process_iter() if _listens(p, self.port)), None)
-        return self._api
+    @property
+    def server(self) -> ServerProcesses | None:
+        if self._server is None or not self._server.root.is_running():
+            self._server = ServerProcesses.find(self.port) if self.port else None
+        return self._server
 
     def keep_clients_off_engine(self, log: Callable[[str], None]) -> dict[str, Any]:
         """CPU build: bind this process (every client under test) to the cores the server's model workers are
         not bound to, as a client beside a GPU server has its own cores. Unbound, the OS may move client threads
         onto the engine's core (vLLM's CPU build binds its worker there and leaves the rest to the API server
         and clients), where each one stalls the engine for every request in flight."""
-        api = self._api_process()
-        engine = worker_cpus(api.pid) if api is not None else set()
+        server = self.server
+        engine = worker_cpus(server.root.pid) if server is not None else set()
         clients = keep_off(engine)
         log(f"clients bound to CPUs {sorted(clients)}, the engine's workers to {sorted(engine)}" if clients else
             "clients not bound (no local server's workers bound to a subset of this machine's CPUs)")
         return {"engine_cpus": sorted(engine), "client_cpus": sorted(clients) if clients else None}
 
     def cpu_seconds(self) -> dict[str, float] | None:
-        """User + system CPU seconds so far: the API server process, and its children (the engine)."""
-        api = self._api_process()
-        if api is None:
-            return None
-        try:
-            engine = sum(_cpu(child) for child in api.children(recursive=True))
-            return {"api": _cpu(api), "engine": engine}
-        except psutil.Error:
-            return None
-
-
-def _listens(process: psutil.Process, port: int | None) -> bool:
-    try:
-        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-                   for c in process.net_connections(kind="tcp"))
-    except psutil.Error:
-        return False
+        """User + system CPU seconds so far: the API-server processes (all of them), the engine processes."""
+        server = self.server
+        return server.cpu_seconds() if server is not None else None
 
 
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 # -- one timed run, and its repeats -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ._async import AsyncRewardClient, ItemLike, Progress
 from ._constants import DEFAULT_CONCURRENCY
 from ._stream import StopFlag
 from ._types import Completion, Logprobs, Result
+from ._uuids import SentMedia
 from .groups import GroupResult
 
 T = TypeVar("T")
@@ -76,6 +77,12 @@ class RewardClient:
     @property
     def model(self) -> str:
         return self._async.model
+
+    @property
+    def media(self) -> SentMedia:
+        """The images each endpoint has answered for (sent again by uuid alone), with the counts `slimmed`
+        (images sent by uuid alone) and `misses` (of which sent again with their data)."""
+        return self._async.media
 
     def score(self, task: str | Task, media: Sequence[Any], *, constraint: str = "auto", logprobs: Logprobs = False,
               debias: bool = False, max_tokens: int | None = None, extra_body: Mapping[str, Any] | None = None,

@@ -22,6 +22,8 @@ _MARKUP = re.compile(r"[*_`#]+")
 # A number as a model may write it, including the malformed ones we must reject rather than skip.
 NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
 DECIMALS = 4  # digits after the point that constraints allow
+# vLLM 0.32 takes at most this many stop strings in a request (VLLM_MAX_STOP_STRINGS; more: a 400).
+MAX_STOP_STRINGS = 4
 # Pair scores are constrained to complementary values on this grid (x + y = 1 exactly), so that every
 # constrained pair-score answer passes the parser's sum check: two decimals per score.
 PAIR_GRID = 100
@@ -198,6 +200,8 @@ class ChoiceFormat(OutputFormat):
                 return None  # a choice that is the start of another is never decided early
             space = text.find(" ", cut)
             stops.append(text[: space if space != -1 else len(text)])
+        if len(stops) > MAX_STOP_STRINGS:
+            return None
         # Exact only if, in every choice, its own stop is the first of the stops to be complete.
         for text, own in zip(texts, stops):
             first = min((text.find(s) + len(s), s) for s in stops if s in text)
@@ -375,7 +379,7 @@ class FinalScoreFormat(OutputFormat):
                    elements=bool(spec.get("elements", False)), free_reasoning=bool(spec.get("free_reasoning", False)))
 
     def parse(self, text: str, logprobs: Sequence[Any] | None = None, decisive: bool = False) -> FinalScoreVerdict:
-        plain = normalize(text)  # stopped at the score's digit (decisive) or not, the same text
+        plain = normalize(text)
         final = last_labelled_number(plain, self.LABEL)
         if final is None:
             raise VerdictError(f"{self.task}: no '{self.LABEL}: X' found in {snippet(text)!r}")
@@ -421,12 +425,10 @@ class FinalScoreFormat(OutputFormat):
         return elements
 
     def decisive_stops(self) -> tuple[str, ...] | None:
-        """'Final Score: X' for each one-digit X: the digit is the answer's last verdict token, so stopping
-        there saves the end-of-sequence token and changes nothing (no earlier line can hold 'Final Score: ':
-        sub-score labels are fixed, element names have no colon)."""
-        if not self.soft_scores:
-            return None
-        return tuple(f"{self.LABEL}: {d}" for d in range(self.lo, self.hi + 1))
+        """None: the digit of a one-digit final score is already the answer's last token, so stopping there
+        would save only the end token, with one stop string per digit ('Final Score: 1' ... 'Final Score: 5'),
+        more than the MAX_STOP_STRINGS vLLM takes in a request (measured: a 400 for five)."""
+        return None
 
     def _final_line(self) -> str:
         return f"{self.LABEL}: {number_regex(self.lo, self.hi, integer=True)}"

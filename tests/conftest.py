@@ -19,6 +19,10 @@ REFERENCE = Path(__file__).parent / "data" / "unifiedreward-tasks.json"
 API_KEY = "sk-test-" + secrets.token_urlsafe(16)
 # The tiny model needs little KV cache; 1 GiB per server keeps three of them inside the machine's memory.
 _SMALL = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# The default and shared servers run 2 API-server processes each (vLLM's `serve` through the launcher), so that
+# every end-to-end test also goes through the multi-process front end a GPU deployment runs; the second replica
+# keeps the CPU build's default of one. Each API process holds its own processor cache: 1 GiB each bounds them.
+_TWO_API = ["--api-server-count", "2", "--mm-processor-cache-gb", "1"]
 _SHARED = ["--model", "tiny", "--profile", "shared"]
 _KEY = {"UNIFIEDREWARD_API_KEY": API_KEY}
 # vLLM's CPU build binds each engine to core 0 unless told otherwise; two engines on one core can starve
@@ -26,8 +30,9 @@ _KEY = {"UNIFIEDREWARD_API_KEY": API_KEY}
 _CORES = os.cpu_count() or 1
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     # Dev mode: the benchmark smoke test resets the server's caches between timed runs (loopback only).
-    "live_server": (["--model", "tiny"], {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_SERVER_DEV_MODE": "1"}),
-    "shared_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES)}),
+    "live_server": (["--model", "tiny", *_TWO_API],
+                    {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_SERVER_DEV_MODE": "1"}),
+    "shared_server": ([*_SHARED, *_TWO_API], {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES)}),
     "second_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
 }
 SERVER_FIXTURES = tuple(SERVERS)

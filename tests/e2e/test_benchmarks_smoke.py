@@ -125,3 +125,27 @@ def test_tail_probe_smoke(live_server, tmp_path):
         for r in setting["runs"]:
             assert r["p99_ratio"] == pytest.approx(r["ours_p99_s"] / r["reference_p99_s"])
             assert r["reference_slow"]["encode_max_s"] >= r["reference_slow"]["encode_p50_s"] > 0
+
+
+def test_frontend_smoke(live_server, tmp_path):
+    """benchmarks.frontend against the live server (2 API servers): every key the issue names, CPU read from
+    both API-server processes, the deciding-token check, and a profile with entries."""
+    out = tmp_path / "frontend.json"
+    proc = run("benchmarks.frontend", "--quick", "--base-url", live_server.base_url, "--out", str(out),
+               "--data-dir", str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("hot_path.ours_api_cpu_ms_per_pair", "hot_path.reference_api_cpu_ms_per_pair",
+                "group.ours_api_cpu_ms_per_pair", "group.peers_api_cpu_ms_per_pair",
+                "decisive.completion_tokens_per_pair"):
+        section, name = key.split(".")
+        assert isinstance(result[section][name], (int, float)), key
+    assert result["hot_path"]["ours"]["api_cpu_ms_per_pair"] == result["hot_path"]["ours_api_cpu_ms_per_pair"]
+    assert result["per_api_servers"]["2"]["api_servers"] == 2  # the live server's two processes were read
+    decided = result["decisive"]
+    assert decided["same_winner"] == decided["pairs"] and decided["completion_tokens_per_pair"] <= 3
+    assert result["group"]["ours"]["images_by_uuid_only"] > 0 and result["group"]["ours_no_uuid"]["images_by_uuid_only"] == 0
+    profile = result["profile"]
+    assert profile.get("samples", 0) > 0 and profile["inclusive"], profile
+    assert result["machine"]["cores"] >= 1 and result["versions"] and "benchmarks.frontend" in result["config"]["command"]
+    assert set(result["targets"]) >= {"hot_path.ours_api_cpu_ms_per_pair", "group.ours_api_cpu_ms_per_pair"}

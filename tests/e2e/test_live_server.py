@@ -34,7 +34,9 @@ def test_pair_rank_through_the_client(client):
     result = client.score(task, [picture(1), picture(2)], caption=CAPTION)
     result.raise_for_error()
     assert isinstance(result.verdict, RankVerdict)
-    assert result.text in task.structured_outputs["choice"]
+    assert result.text in task.decisive_stops  # stopped at the deciding token (decode="decisive")
+    stated = next(c for c in task.structured_outputs["choice"] if c.startswith(result.text))
+    assert result.verdict.winner == task.parse(stated).winner
     assert result.verdict.winner in (1, 2, None)
     assert result.verdict.reward == {1: 1.0, 2: 0.0, None: 0.5}[result.verdict.winner]
     # Two 512 x 512 images at 256 vision tokens each, plus the instruction.

@@ -73,7 +73,7 @@ def test_a_repeated_image_goes_by_uuid_alone_and_a_cache_miss_is_sent_again_with
         first = client.score("image_gen.pair_rank", [A, B], caption="c")
         second = client.score("image_gen.pair_rank", [B, C], caption="c")  # B by uuid; C with data
         third = client.score("image_gen.pair_rank", [A, C], caption="c")  # both by uuid: refused, sent whole
-        media = client._async.media
+        media = client.media
     assert first.ok and second.ok and third.ok and third.attempts == 1  # a miss is no failed attempt
     kinds = [["uuid" if p["image_url"] is None else "data" for p in parts] for parts in wire.requests]
     assert kinds == [["data", "data"], ["uuid", "data"], ["uuid", "uuid"], ["data", "data"]]
