@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .config import api_server_count
 
-    ours = argparse.ArgumentParser(add_help=False)
+    ours = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # vLLM flags must never match it
     ours.add_argument("--api-servers-per-gpu", type=int, default=None)
     own, rest = ours.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if own.api_servers_per_gpu is not None and own.api_servers_per_gpu < 1:
