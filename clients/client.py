@@ -142,6 +142,7 @@ class RewardClient:
             return
         try:
             self._run(self._async.aclose())
+            self._run(_drain())
         finally:
             self._stop_loop()
 
@@ -150,3 +151,14 @@ class RewardClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _drain(timeout_s: float = 1.0) -> None:
+    """What closing left scheduled on the client's loop, finished before the loop stops: the aclose() of
+    async generators of streamed answers (httpx's byte iterators under openai's SSE reader, which Python's
+    finalizer hook hands to the loop when a stream is read to its end), and the async generators still open.
+    Stopped under them, the loop prints "Task was destroyed but it is pending!" at exit."""
+    await asyncio.get_running_loop().shutdown_asyncgens()
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)

@@ -201,7 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(masked(config.command()))
         if config.resolves_api_servers:  # what the server will compute: vLLM's parser, imported only here
-            resolved = config.vllm_args()
+            try:
+                resolved = config.vllm_args()
+            except ImportError as exc:  # printing a command needs no engine: say what is left unresolved
+                log.info("--api-server-count: %d per GPU of this node's engines, resolved by the server "
+                         "(vLLM is not importable here: %s)", config.api_servers_per_gpu, exc)
+                return 0
             count = next((a for f, a in zip(resolved, resolved[1:]) if f == "--api-server-count"),
                          "none (no API server on this node)")
             log.info("--api-server-count resolves to %s (%d per GPU of this node's engines)", count,
