@@ -32,7 +32,6 @@ import base64
 import io
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ from PIL import Image
 from clients import AsyncRewardClient, Item, RewardClient, build_request, encode_media
 from prompts import get_task
 
-from .compare import CAPTION, REFERENCE_THREADS, Inputs, machine
+from .compare import CAPTION, REFERENCE_THREADS, Inputs, _own_cpu, machine, repeated
 from .processes import ServerProcesses
 from .reference_client import ReferenceClient
 
@@ -72,11 +71,6 @@ TARGETS = {  # issue 21's targets, on this machine's figures with one API server
 WAYS = {"hot_path": ("ours", "ours_full", "prebuilt", "reference"), "long_answer": ("ours", "reference"),
         "group": ("ours", "ours_no_uuid", "peers"), "debias": ("ours", "ours_no_uuid"),
         "formats": ("jpeg", "png", "bmp")}
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Pool:
@@ -108,6 +102,7 @@ class Server:
         if self.processes is None:
             raise SystemExit(f"frontend: no local process listens on {self.url}: the API server's CPU is read "
                              f"from the OS, so the server must run on this machine")
+        self.reset()  # before anything is measured: a server without the dev endpoints is refused at once
 
     @property
     def api_servers(self) -> int:
@@ -135,14 +130,6 @@ class Server:
         figures.setdefault("pairs_per_s", pairs / wall)
         figures["pairs"] = pairs
         return figures
-
-
-def median_of(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
-    out["min_max"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in keys if k.endswith("ms_per_pair")}
-    out["runs"] = len(runs)
-    return out
 
 
 def _results_figures(results: Sequence[Any]) -> dict[str, Any]:
@@ -380,7 +367,7 @@ def measure(server: Server, inputs: Inputs, size: dict[str, Any], log: Callable[
             requests = format_requests(format_pairs, way)
             runs["formats"][way].append(server.timed(len(requests), lambda: prebuilt(server, requests)))
     for workload, ways in runs.items():
-        out[workload] = {way: median_of(r) for way, r in ways.items()}
+        out[workload] = {way: repeated(r) for way, r in ways.items()}
         for way, figures in list(out[workload].items()):  # the keys the issue names: <way>_api_cpu_ms_per_pair
             out[workload][f"{way}_api_cpu_ms_per_pair"] = figures["api_cpu_ms_per_pair"]
             out[workload][f"{way}_pairs_per_api_process_s"] = 1000 / figures["api_cpu_ms_per_pair"]

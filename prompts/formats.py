@@ -365,6 +365,9 @@ class FinalScoreFormat(OutputFormat):
     elements: bool = False
     free_reasoning: bool = False
 
+    # No decisive_stops: the digit of a one-digit final score is already the answer's last token, so stopping
+    # there would save only the end token, with one stop string per digit ('Final Score: 1' ... '5'), more than
+    # the MAX_STOP_STRINGS vLLM takes in a request (measured: a 400 for five).
     LABEL: ClassVar[str] = "Final Score"
     # The element constraint admits up to MAX_ELEMENTS lines 'element (type): 0|1' of bounded length.
     MAX_ELEMENTS: ClassVar[int] = 10
@@ -423,12 +426,6 @@ class FinalScoreFormat(OutputFormat):
             value = parse_number(raw, f"{self.task}: element {name!r}", 0, 1, integer=True)
             elements.append({"element": name, "type": kind, "value": int(value)})
         return elements
-
-    def decisive_stops(self) -> tuple[str, ...] | None:
-        """None: the digit of a one-digit final score is already the answer's last token, so stopping there
-        would save only the end token, with one stop string per digit ('Final Score: 1' ... 'Final Score: 5'),
-        more than the MAX_STOP_STRINGS vLLM takes in a request (measured: a 400 for five)."""
-        return None
 
     def _final_line(self) -> str:
         return f"{self.LABEL}: {number_regex(self.lo, self.hi, integer=True)}"
