@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import secrets
 import sys
 import time
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
@@ -14,10 +15,12 @@ import openai
 
 from prompts import Task
 
-from ._constants import (API_KEY_ENV, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S,
-                         DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL,
-                         DEFAULT_TIMEOUT_S, ENCODE_AHEAD, MAX_CONNECTIONS, MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_MAX_S)
-from ._endpoints import Endpoint, EndpointPool
+from ._constants import (AFFINITY_HEADER, AFFINITY_LOAD_FACTOR, AFFINITY_MIN_LOAD, API_KEY_ENV,
+                         DATA_PARALLEL_RANK_HEADER, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY,
+                         DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES,
+                         DEFAULT_MODEL, DEFAULT_STALL_TIMEOUT_S, DEFAULT_TIMEOUT_S, ENCODE_AHEAD, MAX_CONNECTIONS,
+                         MAX_PIXELS, MIN_PIXELS, RETRY_BACKOFF_MAX_S, STREAM_INTERVAL_TOKENS)
+from ._endpoints import Endpoint, EndpointPool, affinity_token
 from ._requests import (VIDEO_MODES, EncodeOptions, build_request, decides_early, encode_media, encode_one, resolve_task,
                         swap_pair)
 from ._stream import StopFlag, stream_results
@@ -46,8 +49,19 @@ class AsyncRewardClient:
         async with AsyncRewardClient(["http://a:8000/v1", "http://b:8000/v1"]) as client:
             results = await client.score_batch(items, concurrency=64)
 
-    `timeout`: seconds per attempt (reading the answer); `connect_timeout`: seconds to open a connection,
-    so an unreachable replica costs seconds, not the whole timeout. Images are resized to `max_pixels`
+    `timeout`: seconds per attempt (the whole answer); `connect_timeout`: seconds to open a connection,
+    so an unreachable replica costs seconds, not the whole timeout; `stall_timeout`: seconds without a byte of
+    the answer after which it is abandoned as stalled (a hung engine, a half-dead proxy), the endpoint marked and
+    the request retried elsewhere. Every answer is then read as a stream, so that silence is seen (None: plain
+    answers read plain, and a silent one costs the whole `timeout`).
+
+    Affinity: requests with the same key go to the same endpoint (rendezvous hashing over the endpoints that
+    are up, with a load bound: `affinity_load_factor` x the mean in flight, never below `affinity_min_load`),
+    and carry it in the `X-UnifiedReward-Affinity` header, which the nginx front (serving.frontend) hashes on.
+    rank_group gives a group's pairs one key, debias the two orders of a pair one key, `Item(affinity=...)` a
+    caller's own (all items of one prompt). `affinity=False`: every request least-outstanding, no header.
+    `data_parallel_size`: the data-parallel size of the vLLM server behind each URL (`-dp N`; /metrics shows
+    one `engine` label per rank): a keyed request is then pinned to one rank with `X-data-parallel-rank`. Images are resized to `max_pixels`
     (the server's cap: more would be thrown away); max_pixels=None sends them at their own size, for the
     `authors` serving profile (no cap). video_mode="frames" (default) sends a video as image frames, the
     layout the model was trained on; "url" sends the file for the server to sample, off that layout.
@@ -63,10 +77,18 @@ class AsyncRewardClient:
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
                  image_format: str = DEFAULT_IMAGE_FORMAT, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                  min_pixels: int = MIN_PIXELS, max_pixels: int | None = MAX_PIXELS, video_mode: str = "frames",
-                 media_uuids: bool = True, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 media_uuids: bool = True, stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
+                 affinity: bool = True, affinity_load_factor: float = AFFINITY_LOAD_FACTOR,
+                 affinity_min_load: int = AFFINITY_MIN_LOAD, data_parallel_size: int = 1,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise ValueError("give at least one base URL")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout), ("stall_timeout", stall_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a number of seconds above 0, not {value!r}")
+        if isinstance(data_parallel_size, bool) or not isinstance(data_parallel_size, int) or data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size must be an integer of at least 1, not {data_parallel_size!r}")
         if video_mode not in VIDEO_MODES:
             raise ValueError(f"video_mode must be one of {VIDEO_MODES}")
         if max_retries < 0:
@@ -74,28 +96,43 @@ class AsyncRewardClient:
         api_key = api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
         self.model = model
         self.max_retries = max_retries
+        self._stall_timeout = None if stall_timeout is None else min(stall_timeout, timeout)
+        self.affinity = affinity
+        self.data_parallel_size = data_parallel_size
+        self._attempt_timeout = timeout
         self.encode_options = EncodeOptions(image_format, jpeg_quality, min_pixels, max_pixels, video_mode, media_uuids)
         # The same Timeout object for the HTTP client and for openai: openai applies its own `timeout` to
-        # every request, so a bare number there would override the connect limit.
-        self.timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        # every request, so a bare number there would override the connect limit. With a stall timeout, httpx's
+        # read and write limits (per network read or write) are the stall detector, and the attempt as a whole
+        # is bounded by `timeout` (asyncio.timeout in _attempt).
+        connect = min(connect_timeout, timeout)
+        self.timeout = (httpx.Timeout(timeout, connect=connect) if self._stall_timeout is None else
+                        httpx.Timeout(timeout, connect=connect, read=self._stall_timeout, write=self._stall_timeout))
         self._http = httpx.AsyncClient(
             timeout=self.timeout, transport=transport,
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS))
         endpoints = [Endpoint(url, openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=self.timeout,
-                                                      max_retries=0, http_client=self._http))
+                                                      max_retries=0, http_client=self._http),
+                              ranks=data_parallel_size)
                      for url in urls]
-        self.pool = EndpointPool(endpoints, self._http)
+        self.pool = EndpointPool(endpoints, self._http, load_factor=affinity_load_factor, min_load=affinity_min_load)
         # Per endpoint, the images it has answered for: sent again by uuid alone (clients/_uuids.py).
         self.media = SentMedia()
+
+    @property
+    def stall_timeout(self) -> float | None:
+        """Seconds without a byte of an answer before it is abandoned as stalled (None: not watched)."""
+        return self._stall_timeout
 
     # -- one request, with retries across endpoints -------------------------------------------------
 
     async def complete(self, request: dict[str, Any], *, stream: bool = False,
-                       first_token: asyncio.Event | None = None) -> Completion:
+                       first_token: asyncio.Event | None = None, affinity: Any = None) -> Completion:
         """Send one chat request (keyword arguments of `chat.completions.create`, e.g. from build_request)
         with retries across endpoints. The transport under everything else; the benchmarks use it directly.
         stream=True measures the time to the first token and sets `first_token` when it arrives (the
-        prompt's prefix is in vLLM's cache from then on). Raises RequestFailedError.
+        prompt's prefix is in vLLM's cache from then on). `affinity`: a key (any value; its str() counts)
+        that sends the request where the other requests with that key go. Raises RequestFailedError.
 
         Streamed and plain requests follow one rule (`_transport.classify`): transport failures, 408/409/
         429, 5xx, errors inside a stream and unfinished answers are retried, on another endpoint when one
@@ -103,13 +140,18 @@ class AsyncRewardClient:
         between attempts is a jittered backoff, raised to the server's Retry-After (capped at
         RETRY_BACKOFF_MAX_S) when no other endpoint can take the retry."""
         waited = 0.0
+        token = affinity_token(affinity) if affinity is not None and self.affinity else None
         for attempt in range(1, self.max_retries + 2):
-            async with self.pool.lease() as endpoint:
+            async with self.pool.lease(token) as (endpoint, rank):
                 sent_at = time.monotonic()
+                headers = {} if token is None else {AFFINITY_HEADER: token}
+                if rank is not None:
+                    headers[DATA_PARALLEL_RANK_HEADER] = str(rank)
                 try:
-                    completion = await self._attempt(endpoint, request, stream, first_token)
-                except ATTEMPT_ERRORS as exc:
-                    failure, cause = classify(exc), exc
+                    completion = await self._attempt(endpoint, request, stream, first_token, headers)
+                except (*ATTEMPT_ERRORS, TimeoutError) as exc:
+                    failure, cause = classify(exc, stall_timeout=self._stall_timeout,
+                                              timeout=self._attempt_timeout), exc
                 else:
                     failure, cause = unfinished(completion), None
                     if failure is None:
@@ -127,9 +169,11 @@ class AsyncRewardClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(self, endpoint: Endpoint, request: dict[str, Any], stream: bool,
-                       first_token: asyncio.Event | None) -> Completion:
+                       first_token: asyncio.Event | None, headers: Mapping[str, str]) -> Completion:
         """One attempt on one endpoint: images it has answered for go by their uuid alone (clients/_uuids.py);
-        if the API process that takes it lacks one of them, the same request goes again with the data."""
+        if the API process that takes it lacks one of them, the same request goes again with the data. With a
+        stall timeout every answer is read as a stream (a chunk every STREAM_INTERVAL_TOKENS tokens), within
+        `timeout` in all."""
         sending, slimmed = self.media.slim(request, endpoint.base_url)
         with_data = sent_with_data(request)
 
@@ -137,6 +181,12 @@ class AsyncRewardClient:
             self.media.remember(endpoint.base_url, with_data)
 
         async def send(body: dict[str, Any]) -> Completion:
+            if headers:
+                body = {**body, "extra_headers": {**(body.get("extra_headers") or {}), **headers}}
+            if self._stall_timeout is not None:
+                async with asyncio.timeout(self._attempt_timeout):
+                    return await read_stream(endpoint.api, body, endpoint.base_url, first_token, answered,
+                                             stream_interval=STREAM_INTERVAL_TOKENS)
             if stream:
                 return await read_stream(endpoint.api, body, endpoint.base_url, first_token, answered)
             completion = await read_plain(endpoint.api, body, endpoint.base_url)
@@ -169,7 +219,8 @@ class AsyncRewardClient:
         async with gate or contextlib.nullcontext():
             if stop is not None and stop.is_set():
                 raise _NotStarted
-            completion = await self.complete(request, stream=first_token is not None, first_token=first_token)
+            completion = await self.complete(request, stream=first_token is not None, first_token=first_token,
+                                             affinity=item.affinity)
         return to_result(task, completion, id=item.id, logprobs=logprobs,
                          decisive=decides_early(task, constraint, decode, extra_body))
 
@@ -196,6 +247,8 @@ class AsyncRewardClient:
         if not _all_urls(item.media):
             item = dataclasses.replace(item, media=await asyncio.to_thread(encode_media, task, item.media,
                                                                            self.encode_options))
+        if item.affinity is None:  # both orders to one endpoint: the second finds the images the first sent
+            item = dataclasses.replace(item, affinity=f"pair-{secrets.token_hex(8)}")
         swapped = swap_pair(task, item)
         started = _Events(*(e for e in (first_token,) if e is not None))
 
@@ -311,11 +364,12 @@ class AsyncRewardClient:
 
     async def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None,
                          debias: bool = False, logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY,
-                         decode: str = "decisive", **fields: str) -> GroupResult:
+                         decode: str = "decisive", affinity: Any = None, **fields: str) -> GroupResult:
         """Rank a group of candidates (e.g. one prompt's GRPO samples) with a pairwise task: all pairs, or a
         budget of `pairs`. Per item: win rate (a tie counts half to each) and Bradley-Terry strength. Each
         candidate is encoded once, and one pair per leading candidate goes first so that the others find
-        its image in vLLM's prefix cache."""
+        its image in vLLM's prefix cache. All pairs carry one affinity key (`affinity`, else one drawn for
+        the call), so with several endpoints they meet on the replica that holds the group's images."""
         spec = resolve_task(task)
         if spec.pairwise != "media":
             raise BadInputError(f"{spec.name}: rank_group needs a task comparing two media "
@@ -323,6 +377,7 @@ class AsyncRewardClient:
         n = len(media)
         if n < 2:
             raise BadInputError(f"rank_group needs at least 2 candidates, got {n}")
+        key = affinity if affinity is not None else f"group-{secrets.token_hex(8)}"
         errors: dict[int, RewardError] = {}
 
         async def encode(i: int, candidate: Any) -> Any:
@@ -361,7 +416,7 @@ class AsyncRewardClient:
                     return
                 async with semaphore:
                     results[(i, j)] = await self._score_safely(
-                        Item(spec, [encoded[i], encoded[j]], fields, id=(i, j)), debias=debias,
+                        Item(spec, [encoded[i], encoded[j]], fields, id=(i, j), affinity=key), debias=debias,
                         constraint="auto", logprobs=logprobs, max_tokens=None, decode=decode,
                         first_token=prefilled[i] if primer else None)
             finally:

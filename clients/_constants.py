@@ -26,6 +26,30 @@ ENCODE_AHEAD = 1
 # Pooled HTTP connections shared by all endpoints of one client.
 MAX_CONNECTIONS = 512
 
+# Time to wait with no bytes arriving before an answer is abandoned as stalled (a hung engine, a half-dead
+# proxy), its endpoint marked and the request retried elsewhere. Every answer is read as a stream so that
+# silence is seen: between the request and its head, the head and the first token, and any two chunks.
+# Measured (benchmarks.replicas, README "Failure semantics"): the longest silence of healthy answers under full
+# load on this machine's CPU build and what a GPU's queue allows; the default sits well above both.
+DEFAULT_STALL_TIMEOUT_S = 30.0
+# Streamed answers send a chunk every this many tokens (vLLM's per-request `stream_interval`; the first token
+# always goes at once): a long answer costs the API server as much CPU streamed as plain (measured: 153-token
+# answers 48 ms/pair streamed token by token, 27 ms plain, 27 ms at 16).
+STREAM_INTERVAL_TOKENS = 16
+
+# Affinity: requests with the same key (a group's pairs, debias' two orders, a caller's own key) go to the same
+# endpoint by rendezvous hashing, so its prefix, encoder and processor caches serve the images they share. The
+# load bound (Mirrokni, Thorup, Zadimoghaddam 2018): an endpoint holding more than AFFINITY_LOAD_FACTOR x the
+# mean in flight (and at least AFFINITY_MIN_LOAD) passes the key's request to the key's next endpoint.
+AFFINITY_LOAD_FACTOR = 1.25
+# Below this many requests in flight an endpoint is never called overloaded: one GRPO group of 8 (28 pairs)
+# stays whole on its replica, where splitting it would only compute its images twice.
+AFFINITY_MIN_LOAD = 32
+# The header that carries a request's affinity key (hashed): the nginx front (serving.frontend) hashes on it.
+AFFINITY_HEADER = "X-UnifiedReward-Affinity"
+# vLLM's own header pinning a request to one data-parallel rank (vllm/entrypoints/generate/base/serving.py).
+DATA_PARALLEL_RANK_HEADER = "X-data-parallel-rank"
+
 # Endpoints: a failing endpoint is skipped for a cool-down, then probed on /health before taking traffic.
 ENDPOINT_COOLDOWN_S = 1.0
 ENDPOINT_COOLDOWN_MAX_S = 30.0

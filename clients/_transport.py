@@ -54,10 +54,13 @@ def retry_after_s(headers: Mapping[str, str] | None, now: float | None = None) -
     return None
 
 
-def classify(exc: BaseException) -> RequestFailedError:
+def classify(exc: BaseException, *, stall_timeout: float | None = None, timeout: float | None = None
+             ) -> RequestFailedError:
     """The one rule, for streamed and plain requests alike: 4xx naming the input are final; transport
-    failures (connect, read, reset, protocol, timeout), 408/409/429, every 5xx and errors inside a stream
-    are retried, and all but 408/409 mark the endpoint."""
+    failures (connect, read, reset, protocol, timeout, a stalled answer), 408/409/429, every 5xx and errors
+    inside a stream are retried, and all but 408/409 mark the endpoint."""
+    if isinstance(exc, TimeoutError):  # the attempt's own bound (asyncio.timeout in the client)
+        return RequestFailedError(f"the answer took longer than timeout={timeout:g} s", None, True, endpoint_down=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retry_after = retry_after_s(exc.response.headers) if status in (429, 503) else None
@@ -67,8 +70,15 @@ def classify(exc: BaseException) -> RequestFailedError:
         kind = AuthenticationError if status in (401, 403) else InputRejectedError
         return kind(f"server answered {status}: {exc.message}", status, False)
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
-        phase = "connecting" if isinstance(exc.__cause__ or exc, httpx.ConnectTimeout) else "waiting for the answer"
-        return RequestFailedError(f"request timed out {phase}: {_describe(exc)}", None, True, endpoint_down=True)
+        inner = exc.__cause__ or exc
+        if isinstance(inner, httpx.ConnectTimeout):
+            return RequestFailedError(f"request timed out connecting: {_describe(exc)}", None, True,
+                                      endpoint_down=True)
+        if stall_timeout is not None and isinstance(inner, (httpx.ReadTimeout, httpx.WriteTimeout)):
+            return RequestFailedError(f"the answer stalled: no bytes for stall_timeout={stall_timeout:g} s "
+                                      f"({_describe(exc)})", None, True, endpoint_down=True)
+        return RequestFailedError(f"request timed out waiting for the answer: {_describe(exc)}", None, True,
+                                  endpoint_down=True)
     if isinstance(exc, (openai.APIConnectionError, httpx.RequestError)):
         return RequestFailedError(f"connection failed: {_describe(exc)}", None, True, endpoint_down=True)
     if isinstance(exc, openai.APIError):  # an error event inside a stream (the server failed after 200)
@@ -113,17 +123,25 @@ async def read_plain(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint:
 
 async def read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint: str,
                       first_token: asyncio.Event | None = None,
-                      on_first_token: Callable[[], None] | None = None) -> Completion:
+                      on_first_token: Callable[[], None] | None = None,
+                      stream_interval: int | None = None) -> Completion:
     """A streamed chat completion, gathered: text, finish reason, usage, logprobs, time to first token
-    (`on_first_token` is called, then `first_token` set, when it arrives). The response is closed on every
-    path (an error, a cancellation), so no connection is left half read."""
+    (`on_first_token` is called, then `first_token` set, when it arrives), the longest silence. The response
+    is closed on every path (an error, a cancellation), so no connection is left half read.
+    `stream_interval`: vLLM sends a chunk every that many tokens (the first at once), less CPU per answer."""
     started = time.perf_counter()
     parts: list[str] = []
     logprobs: list[Any] = []
     finish, usage, ttft = None, {}, None
+    if stream_interval is not None:
+        request = {**request, "extra_body": {**(request.get("extra_body") or {}), "stream_interval": stream_interval}}
     stream = await api.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    last = time.perf_counter()
+    gap = last - started  # the request until the head: the server's preprocessing and queue
     async with stream:
         async for chunk in stream:
+            now = time.perf_counter()
+            gap, last = max(gap, now - last), now
             if chunk.usage is not None:
                 usage = usage_of(chunk)
             for choice in chunk.choices:
@@ -140,4 +158,4 @@ async def read_stream(api: openai.AsyncOpenAI, request: dict[str, Any], endpoint
                 if choice.finish_reason:
                     finish = choice.finish_reason
     return Completion(text="".join(parts), finish_reason=finish, usage=usage, logprobs=logprobs or None,
-                      latency_s=time.perf_counter() - started, endpoint=endpoint, ttft_s=ttft)
+                      latency_s=time.perf_counter() - started, endpoint=endpoint, ttft_s=ttft, max_gap_s=gap)

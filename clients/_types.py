@@ -25,6 +25,9 @@ class Item:
     media: Sequence[Any]
     fields: Mapping[str, str] = field(default_factory=dict)
     id: Any = None
+    # Items with the same key go to the same endpoint (e.g. all items of one prompt group: their images meet the
+    # caches that hold them); any value, its str() counts. None: the least busy endpoint.
+    affinity: Any = None
 
     @property
     def task_name(self) -> str:
@@ -33,7 +36,7 @@ class Item:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "Item":
         """From a dict / JSONL line: {"id", "task", "images": [...] | "videos": [...] | "media": [...],
-        and the task's fields ("caption", "question", "answer1", "answer2", "response")}."""
+        the task's fields ("caption", "question", "answer1", "answer2", "response"), "affinity"}."""
         if not isinstance(data, Mapping):
             raise BadInputError(f"an item must be an object, not {type(data).__name__}")
         if "task" not in data:
@@ -45,7 +48,7 @@ class Item:
         fields = {k: data[k] for k in FIELD_NAMES if k in data}
         if "fields" in data:
             fields.update(data["fields"])
-        return cls(task=data["task"], media=media, fields=fields, id=data.get("id"))
+        return cls(task=data["task"], media=media, fields=fields, id=data.get("id"), affinity=data.get("affinity"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Completion:
     attempts: int = 1
     ttft_s: float | None = None  # time to the first content token (streamed requests only)
     backoff_s: float = 0.0  # seconds waited between attempts before this answer
+    # The longest silence while reading the answer (request to head, between chunks); streamed answers only.
+    max_gap_s: float | None = None
 
 
 @dataclass(frozen=True)

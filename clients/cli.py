@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 from ._async import AsyncRewardClient
 from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
-                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, MAX_PIXELS,
-                         MIN_PIXELS)
+                         DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_STALL_TIMEOUT_S,
+                         DEFAULT_TIMEOUT_S, MAX_PIXELS, MIN_PIXELS)
 from ._requests import CONSTRAINTS, DECODES, EncodeOptions, build_request, encode_media, resolve_task
 from ._types import Logprobs
 from .client import RewardClient
@@ -48,6 +48,37 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds to open a connection (an unreachable replica fails this fast)")
     group.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
                        help="retries of connection errors, 429 and 5xx")
+    group.add_argument("--stall-timeout", type=_stall_timeout, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                       help=f"abandon an answer that stops arriving for this long and retry it elsewhere "
+                            f"(default {DEFAULT_STALL_TIMEOUT_S:g}; 'none': read plain answers, wait the --timeout)")
+    group.add_argument("--data-parallel-size", type=_at_least_one, default=1, metavar="N",
+                       help="the vLLM data-parallel size behind each --base-url (its /metrics has one `engine` "
+                            "label per rank): requests sharing an affinity key are pinned to one rank")
+    group.add_argument("--no-affinity", dest="affinity", action="store_false",
+                       help="ignore affinity keys (a group's pairs, the input's `affinity` column): every request "
+                            "to the least busy endpoint")
+
+
+def _stall_timeout(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds (a number above 0) or 'none', not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"seconds above 0 (or 'none'), not {text!r}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer of at least 1, not {text!r}")
+    return value
 
 
 def _item_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     job = score.add_argument_group("dataset jobs (--input)")
     job.add_argument("--input", type=Path, help="items: .jsonl, .csv, .parquet (file or folder) or a `datasets` "
                                                 "save_to_disk folder; rows {id, task, images|videos, caption|"
-                                                "question|answer1|answer2|response}")
+                                                "question|answer1|answer2|response, affinity}: rows with the same "
+                                                "affinity go to the same endpoint")
     job.add_argument("--output", type=Path, help="results, each written as soon as it is final: .jsonl (a line "
                                                  "per item) or .parquet (a folder of row-group files); default: "
                                                  "standard output")
@@ -144,7 +176,8 @@ def _encode_options(args: argparse.Namespace) -> EncodeOptions:
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(api_key=args.api_key, model=args.model, timeout=args.timeout, connect_timeout=args.connect_timeout,
                 max_retries=args.max_retries, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-                min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                min_pixels=args.min_pixels, max_pixels=args.max_pixels, stall_timeout=args.stall_timeout,
+                affinity=args.affinity, data_parallel_size=args.data_parallel_size)
 
 
 def _urls(args: argparse.Namespace) -> list[str]:

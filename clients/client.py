@@ -79,6 +79,11 @@ class RewardClient:
         return self._async.model
 
     @property
+    def stall_timeout(self) -> float | None:
+        """Seconds without a byte of an answer before it is abandoned as stalled (None: not watched)."""
+        return self._async.stall_timeout
+
+    @property
     def media(self) -> SentMedia:
         """The images each endpoint has answered for (sent again by uuid alone), with the counts `slimmed`
         (images sent by uuid alone) and `misses` (of which sent again with their data)."""
@@ -128,14 +133,14 @@ class RewardClient:
 
     def rank_group(self, task: str | Task, media: Sequence[Any], *, pairs: int | None = None, debias: bool = False,
                    logprobs: Logprobs = False, concurrency: int = DEFAULT_CONCURRENCY, decode: str = "decisive",
-                   **fields: str) -> GroupResult:
+                   affinity: Any = None, **fields: str) -> GroupResult:
         """See AsyncRewardClient.rank_group."""
         return self._run(self._async.rank_group(task, media, pairs=pairs, debias=debias, logprobs=logprobs,
-                                                concurrency=concurrency, decode=decode, **fields))
+                                                concurrency=concurrency, decode=decode, affinity=affinity, **fields))
 
-    def complete(self, request: dict[str, Any], *, stream: bool = False) -> Completion:
+    def complete(self, request: dict[str, Any], *, stream: bool = False, affinity: Any = None) -> Completion:
         """See AsyncRewardClient.complete: one raw chat request through the same transport."""
-        return self._run(self._async.complete(request, stream=stream))
+        return self._run(self._async.complete(request, stream=stream, affinity=affinity))
 
     def close(self) -> None:
         if self._loop.is_closed():

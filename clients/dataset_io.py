@@ -20,7 +20,7 @@ from ._types import FIELD_NAMES, Result
 from .errors import BadInputError
 
 MEDIA_KEYS = ("images", "videos", "media")
-ITEM_KEYS = ("id", "task", *MEDIA_KEYS, *FIELD_NAMES)
+ITEM_KEYS = ("id", "task", *MEDIA_KEYS, *FIELD_NAMES, "affinity")
 # The line a JSONL output has for each input item (other keys follow).
 OUTPUT_KEYS = ("id", "verdict", "error", "text", "usage", "latency_s")
 ARROW_BATCH = 256

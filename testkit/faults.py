@@ -3,7 +3,8 @@
 `FaultProxy` sits between an HTTP/1.1 client (httpx, through the openai package) and a real HTTP server
 (vLLM's OpenAI server under uvicorn) and breaks chosen connections in the ways a network and an overloaded
 server do: a reset before any answer, a reset or a clean close in the middle of the body, an answer that
-never comes, a 503 with Retry-After. Every request gets a connection of its own (the proxy adds
+never comes, an answer that stops arriving part-way with the connection left open (a hung engine, a half-dead
+proxy), a 503 with Retry-After. Every request gets a connection of its own (the proxy adds
 `Connection: close` both ways), so a per-connection plan is a per-request plan and a test can say exactly
 which attempt of the client fails and how.
 
@@ -21,7 +22,7 @@ import struct
 import threading
 from typing import Callable, Iterator, Sequence
 
-FAULTS = ("reset_before", "reset_mid_stream", "stall", "503", "cut_short")
+FAULTS = ("reset_before", "reset_mid_stream", "stall", "503", "cut_short", "stall_mid_answer")
 Plan = Callable[[int], str | None]
 
 # After a partial body, wait this long before the fault so the client has read what was sent: the fault then
@@ -104,17 +105,22 @@ class FaultProxy:
 
     `retry_after` is sent as an integer when whole (RFC 9110 delay-seconds), else as a decimal ("0.5"), which
     the openai package accepts too and keeps retry tests short. `stall_s`: how long a stalled connection stays
-    open without an answer before the proxy closes it (None: until the client gives up).
+    open without an answer before the proxy closes it (None: until the client gives up). "stall_mid_answer"
+    forwards the first `stall_after_bytes` bytes of the answer (its head included, as it leaves the proxy) and
+    then nothing, the connection open (for `stall_s`, or until the client gives up); an answer shorter than that
+    passes whole.
     """
 
     def __init__(self, upstream: str, plan: Plan, *, retry_after: float = 1.0, stall_s: float | None = None,
-                 only_paths: tuple[str, ...] | None = ("/v1/chat/completions",), stream_plan: Plan | None = None):
+                 only_paths: tuple[str, ...] | None = ("/v1/chat/completions",), stream_plan: Plan | None = None,
+                 stall_after_bytes: int = 300):
         host, _, port = upstream.removeprefix("http://").rstrip("/").rpartition(":")
         self.upstream = (host, int(port))
         self.plan = plan
         self.stream_plan = stream_plan
         self.retry_after = retry_after
         self.stall_s = stall_s
+        self.stall_after_bytes = stall_after_bytes
         self.only_paths = only_paths
         self.counts: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[int, str, str]] = []
@@ -258,6 +264,9 @@ class FaultProxy:
             upstream.write(request)
             await upstream.drain()
             head = await up_reader.readuntil(b"\r\n\r\n")
+            if kind == "stall_mid_answer":
+                await self._stall_mid_answer(_close_header(head), up_reader, client_reader, client)
+                return
             client.write(_close_header(head))
             if kind in ("clean", "passthrough"):
                 await self._relay_until_either_closes(up_reader, client_reader, client)
@@ -274,6 +283,25 @@ class FaultProxy:
                 await client.wait_closed()
         finally:
             upstream.transport.abort()
+
+    async def _stall_mid_answer(self, head: bytes, up_reader: asyncio.StreamReader,
+                                client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        """The first `stall_after_bytes` bytes of the answer, then silence with the connection open."""
+        budget = self.stall_after_bytes
+        data = head
+        while True:
+            client.write(data[:budget])
+            await client.drain()
+            budget -= len(data[:budget])
+            if budget <= 0:
+                break
+            data = await up_reader.read(budget)
+            if not data:  # the whole answer was shorter: it passed
+                client.close()
+                await client.wait_closed()
+                return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(client_reader.read(), self.stall_s)  # returns at the client's EOF
 
     @staticmethod
     async def _relay_until_either_closes(up_reader: asyncio.StreamReader, client_reader: asyncio.StreamReader,

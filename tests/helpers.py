@@ -44,3 +44,30 @@ def vllm_parse(args: list[str]) -> argparse.Namespace:
     if parsed.model_tag is not None:  # what ServeSubcommand.cmd does first
         parsed.model = parsed.model_tag
     return parsed
+
+
+def chat_reply(request, completion: dict, status: int = 200):
+    """A scripted answer (httpx.MockTransport) in the form the request asked for: the chat completion as JSON,
+    or, for a streamed request (the client reads every answer as a stream while it watches for stalls), the
+    same answer as vLLM's server-sent events: the text and its logprobs, the finish reason, the usage, [DONE]."""
+    import json
+
+    import httpx
+
+    body = json.loads(request.content or b"{}")
+    if status != 200 or not body.get("stream"):
+        return httpx.Response(status, json=completion)
+    base = {"id": completion.get("id", "chatcmpl-1"), "object": "chat.completion.chunk", "created": 0,
+            "model": completion.get("model", "UnifiedReward")}
+    events = []
+    for choice in completion["choices"]:
+        message = choice.get("message") or {}
+        events.append({**base, "choices": [{"index": choice.get("index", 0),
+                                            "delta": {"role": "assistant", "content": message.get("content") or ""},
+                                            "logprobs": choice.get("logprobs"), "finish_reason": None}]})
+        events.append({**base, "choices": [{"index": choice.get("index", 0), "delta": {}, "logprobs": None,
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if completion.get("usage"):
+        events.append({**base, "choices": [], "usage": completion["usage"]})
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})

@@ -20,6 +20,7 @@ from clients._endpoints import Endpoint, EndpointPool
 from clients.groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
                             win_rates)
 from prompts import RankVerdict
+from tests.helpers import chat_reply
 
 
 def test_item_from_mapping():
@@ -210,12 +211,12 @@ def test_aborted_answers_are_retried_and_4xx_are_typed():
             return httpx.Response(200)
         calls.append(request.url.path)
         if len(calls) == 1:  # a replica shutting down answers 200 with the partial text it had
-            return httpx.Response(200, json=_chat_response("Im", "abort"))
+            return chat_reply(request, _chat_response("Im", "abort"))
         if request.headers["authorization"] != "Bearer sk-good":
             return httpx.Response(401, json={"error": "Unauthorized"})
         if b"bad" in request.content:
             return httpx.Response(400, json={"error": {"message": "image is not an image", "code": 400}})
-        return httpx.Response(200, json=_chat_response("Image 1 is better.", "stop"))
+        return chat_reply(request, _chat_response("Image 1 is better.", "stop"))
 
     async def scenario():
         request = {"model": "UnifiedReward", "messages": [{"role": "user", "content": "x"}]}
@@ -265,7 +266,7 @@ def test_ctrl_c_cancels_the_batch_in_flight_and_re_raises():
         except asyncio.CancelledError:
             cancelled.set()
             raise
-        return httpx.Response(200, json=_chat_response("Image 1 is better.", "stop"))
+        return chat_reply(request, _chat_response("Image 1 is better.", "stop"))
 
     client = RewardClient("http://replica/v1", transport=httpx.MockTransport(never_answers))
     items = [Item("image_gen.pair_rank", ["data:image/png;base64,AA==", "data:image/png;base64,AB=="],
@@ -314,7 +315,7 @@ def test_a_soft_score_fallback_is_stated_and_can_be_refused():
 
     def handler(request: httpx.Request) -> httpx.Response:
         caption = json.loads(request.content)["messages"][0]["content"][-1]["text"]
-        return httpx.Response(200, json=answers["markdown" if "markdown" in caption else "plain"])
+        return chat_reply(request, answers["markdown" if "markdown" in caption else "plain"])
 
     media = ["data:image/png;base64,AA==", "data:image/png;base64,AB=="]
     with RewardClient("http://replica/v1", transport=httpx.MockTransport(handler)) as client:

@@ -20,6 +20,7 @@ from prompts import RankVerdict
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
+from tests.helpers import chat_reply
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -241,7 +242,7 @@ def test_resume_scores_what_is_missing_and_what_failed(tmp_path, output):
         calls.append(json.loads(request.content)["messages"][0]["content"][-1]["text"].rsplit("[", 1)[1][:-1])
         if len(calls) % 4 == 0:
             return httpx.Response(400, json={"error": {"message": "refused"}})
-        return httpx.Response(200, json=CHAT)
+        return chat_reply(request, CHAT)
 
     first = run(Source(tmp_path / "items.jsonl"), tmp_path / output, httpx.MockTransport(flaky))
     assert first.written == 20 and first.failed["InputRejectedError"] == 4 and first.failed["BadInputError"] == 1
@@ -249,12 +250,12 @@ def test_resume_scores_what_is_missing_and_what_failed(tmp_path, output):
     before = len(calls)
 
     second = run(Source(tmp_path / "items.jsonl"), tmp_path / output,
-                 httpx.MockTransport(lambda r: httpx.Response(200, json=CHAT)), resume=True)
+                 httpx.MockTransport(lambda r: chat_reply(r, CHAT)), resume=True)
     assert (second.plan.done, second.plan.retried, second.plan.todo) == (15, 5, 5)
     assert second.written == 5 and len(calls) == before  # the stub of the second run is another one
     done = open_sink(tmp_path / output).done()
     assert len(done) == 20 and [k for k, good in done.items() if not good] == ["8"]  # line 8: the bad line
 
     third = run(Source(tmp_path / "items.jsonl"), tmp_path / output,
-                httpx.MockTransport(lambda r: httpx.Response(200, json=CHAT)), resume=True, retry_failed=False)
+                httpx.MockTransport(lambda r: chat_reply(r, CHAT)), resume=True, retry_failed=False)
     assert third.plan.todo == 0 and third.written == 0

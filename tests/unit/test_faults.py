@@ -264,5 +264,39 @@ def test_unreachable_listener_connects_time_out_instead_of_being_refused():
     assert open_fds() == fds
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_stall_mid_answer_forwards_exactly_the_first_bytes_then_keeps_the_connection_open(upstream, stream):
+    """Against a plain socket (no HTTP client in between): the first 300 bytes of the answer arrive, then
+    nothing, and the connection is neither closed nor reset while the proxy holds it."""
+    with FaultProxy(upstream, every(1, ["stall_mid_answer"]), stall_s=5) as proxy:
+        body = json.dumps({"model": "m", "messages": [], "stream": stream}).encode()
+        port = int(proxy.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"\r\n%s" % (CHAT.encode(), len(body), body))
+            received = b""
+            sock.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                while chunk := sock.recv(65536):
+                    received += chunk
+            assert len(received) == 300 and received.startswith(b"HTTP/1.1 200")
+            assert b"\r\n\r\n" in received  # the head whole, then part of the body
+    assert proxy.counts == {"connections": 1, "stall_mid_answer": 1}
+
+
+def test_stall_mid_answer_makes_an_httpx_read_time_out_after_the_head(upstream):
+    with FaultProxy(upstream, every(1, ["stall_mid_answer"])) as proxy, \
+            httpx.Client(timeout=httpx.Timeout(5, read=0.3)) as c:
+        with c.stream("POST", proxy.url + CHAT, json={"stream": True}) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.ReadTimeout):
+                response.read()
+
+
+def test_an_answer_shorter_than_the_stall_point_passes_whole(upstream, client):
+    with FaultProxy(upstream, every(1, ["stall_mid_answer"]), stall_after_bytes=100_000) as proxy:
+        assert chat(client, proxy.url).json() == ANSWER
+
+
 def test_fault_kinds_are_the_documented_ones():
-    assert set(FAULTS) == {"reset_before", "reset_mid_stream", "stall", "503", "cut_short"}
+    assert set(FAULTS) == {"reset_before", "reset_mid_stream", "stall", "503", "cut_short", "stall_mid_answer"}

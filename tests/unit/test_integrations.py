@@ -17,6 +17,7 @@ from PIL import Image
 from clients import BadInputError
 from clients.integrations import flow_grpo, groups, trl, verl_omni
 from clients.integrations._common import _per_loop, endpoints, images_of, loop_client, text_of, video_frames_of
+from tests.helpers import chat_reply
 
 torch = pytest.importorskip("torch")
 
@@ -45,7 +46,7 @@ def transport(answer=lambda body: ACS, seen: list | None = None) -> httpx.MockTr
                      "choices": [{"index": 0, "delta": {"content": answer(body)}, "finish_reason": "stop"}]}
             return httpx.Response(200, headers={"content-type": "text/event-stream"},
                                   content=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
-        return httpx.Response(200, json=chat(answer(body)))
+        return chat_reply(request, chat(answer(body)))
     return httpx.MockTransport(handler)
 
 

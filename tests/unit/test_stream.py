@@ -13,6 +13,7 @@ import pytest
 
 from clients import AsyncRewardClient, Completion, Item, RewardClient
 from clients._constants import ENCODE_AHEAD
+from tests.helpers import chat_reply
 
 URLS = ["data:image/png;base64,AA==", "data:image/png;base64,AB=="]
 CHAT_RESPONSE = {"id": "c", "object": "chat.completion", "created": 0, "model": "UnifiedReward",
@@ -32,7 +33,8 @@ class StubClient(AsyncRewardClient):
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def complete(self, request: dict[str, Any], *, stream: bool = False, first_token=None) -> Completion:
+    async def complete(self, request: dict[str, Any], *, stream: bool = False, first_token=None,
+                       affinity=None) -> Completion:
         self.sent += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -183,7 +185,7 @@ def test_the_sync_twin_iterates_lazily_and_cancels_on_break():
             cancelled[0] += 1
             raise
         answered[0] += 1
-        return httpx.Response(200, json=CHAT_RESPONSE)
+        return chat_reply(request, CHAT_RESPONSE)
 
     with RewardClient("http://stub/v1", transport=httpx.MockTransport(slow_answer)) as client:
         it = client.score_iter(counted_items(10_000, pulled), concurrency=4)

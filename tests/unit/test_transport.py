@@ -16,6 +16,7 @@ from clients import AsyncRewardClient, InputRejectedError, RequestFailedError
 from clients._constants import RETRY_BACKOFF_MAX_S
 from clients._transport import retry_after_s
 from testkit.faults import unreachable_listener
+from tests.helpers import chat_reply
 
 REQUEST = {"model": "UnifiedReward", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8}
 
@@ -131,7 +132,7 @@ def test_a_stream_that_fails_part_way_is_retried_on_the_other_endpoint(failure):
 ])
 @pytest.mark.parametrize("stream", [False, True])
 def test_plain_and_streamed_requests_retry_the_same_failures(answer, status, stream):
-    good = (lambda r: stream_response(*GOOD_STREAM)) if stream else (lambda r: httpx.Response(200, json=chat_response()))
+    good = (lambda r: stream_response(*GOOD_STREAM)) if stream else (lambda r: chat_reply(r, chat_response()))
     transport, hosts = script(answer, good)
 
     async def scenario():
@@ -159,7 +160,7 @@ def test_a_4xx_naming_the_input_is_not_retried(stream):
 def test_retry_after_is_honoured_when_no_other_endpoint_can_take_the_retry():
     """Item 5: a 503 with Retry-After: 1 is retried after at least 1 s (the blind backoff waits 0.125-0.25 s)."""
     transport, hosts = script(lambda r: httpx.Response(503, headers={"Retry-After": "1"}, json={"error": "busy"}),
-                              lambda r: httpx.Response(200, json=chat_response()))
+                              lambda r: chat_reply(r, chat_response()))
 
     async def scenario():
         async with AsyncRewardClient("http://only/v1", transport=transport) as client:
@@ -173,7 +174,7 @@ def test_retry_after_is_honoured_when_no_other_endpoint_can_take_the_retry():
 
 def test_retry_after_sends_the_retry_elsewhere_when_another_endpoint_is_up():
     answers = {"busy": lambda r: httpx.Response(429, headers={"Retry-After": "30"}, json={"error": "slow down"}),
-               "free": lambda r: httpx.Response(200, json=chat_response())}
+               "free": lambda r: chat_reply(r, chat_response())}
     transport, hosts = by_host(answers)
 
     async def scenario():
@@ -199,7 +200,7 @@ def test_retry_after_forms_and_cap(monkeypatch):
     assert retry_after_s({"retry-after": email.utils.formatdate(now - 60, usegmt=True)}, now=now) == 0.0
 
     transport, _ = script(lambda r: httpx.Response(503, headers={"Retry-After": "3600"}, json={}),
-                          lambda r: httpx.Response(200, json=chat_response()))
+                          lambda r: chat_reply(r, chat_response()))
 
     sleeps: list[float] = []
     real_sleep = asyncio.sleep
@@ -234,17 +235,25 @@ def test_the_connect_timeout_is_honoured():
     assert error.retryable and error.attempts == 1 and error.endpoint_down
 
 
-def test_the_default_connect_timeout_reaches_every_request():
-    seen: list[dict] = []
+def test_the_default_connect_and_stall_timeouts_reach_every_request():
+    """Every answer is read as a stream, with httpx's per-read limit set to the stall timeout; stall_timeout=None
+    reads plain answers plain with the whole timeout as the read limit (the old behaviour)."""
+    seen: list[tuple[dict, bool]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.extensions["timeout"])
-        return httpx.Response(200, json=chat_response())
+        seen.append((request.extensions["timeout"], json.loads(request.content).get("stream", False)))
+        return chat_reply(request, chat_response())
 
-    async def scenario():
-        async with AsyncRewardClient("http://only/v1", transport=httpx.MockTransport(handler)) as client:
-            await client.complete(REQUEST)
+    async def scenario(**options):
+        seen.clear()
+        async with AsyncRewardClient("http://only/v1", transport=httpx.MockTransport(handler), **options) as client:
+            first = await client.complete(REQUEST)
             await client.complete(REQUEST, stream=False)
+        return first
 
-    run(scenario())
-    assert seen and all(t["connect"] == 10.0 and t["read"] == 120.0 for t in seen)
+    first = run(scenario())
+    assert first.text == "Image 1 is better." and first.max_gap_s is not None
+    assert len(seen) == 2 and all(t["connect"] == 10.0 and t["read"] == t["write"] == 30.0 and streamed
+                                  for t, streamed in seen)
+    run(scenario(stall_timeout=None))
+    assert len(seen) == 2 and all(t["connect"] == 10.0 and t["read"] == 120.0 and not streamed for t, streamed in seen)

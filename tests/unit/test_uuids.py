@@ -11,6 +11,7 @@ from clients import RewardClient
 from clients._uuids import SentMedia, image_part, media_uuid, sent_with_data
 from serving.guard import Refused, _check_uuid
 from serving.guard import media_uuid as guard_uuid
+from tests.helpers import chat_reply
 
 A, B, C = ("data:image/png;base64," + x for x in ("AAAA", "BBBB", "CCCC"))
 
@@ -41,7 +42,7 @@ class Wire:
                                                            "data is not provided.", "type": "BadRequestError",
                                                            "code": 400}})
         self.cached |= {p["uuid"] for p in parts if p["image_url"] and "uuid" in p}
-        return httpx.Response(200, json=_answer())
+        return chat_reply(request, _answer())
 
 
 def test_a_uuid_is_the_hash_of_its_data_url_in_the_client_and_the_guard():
