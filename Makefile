@@ -39,6 +39,7 @@ test-unit: setup
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
 	$(PY) -m benchmarks.frontend
+	$(PY) -m benchmarks.replicas
 	$(PY) -m benchmarks.load --serve-tiny --concurrency 1 8 32 64 --rate 1 2 --requests 32
 	$(PY) -m benchmarks.feed
 

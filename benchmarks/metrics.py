@@ -6,7 +6,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # Sample names, which keep the `_total` suffix (the parser drops it from counter family names only).
 COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-            "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+            "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+            "vllm:mm_cache_queries_total", "vllm:mm_cache_hits_total")
 CACHE_INFO = "vllm:cache_config_info"
 DEFAULT_BLOCK_SIZE = 16.0  # vLLM's default, for a server that does not export its cache config
 
@@ -27,9 +28,12 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def scrape(server_url: str) -> dict[str, float]:
+def scrape(server_url: str, api_key: str | None = None) -> dict[str, float]:
     """`parse_metrics` of the server's /metrics now (`server_url` without the /v1 suffix)."""
-    return parse_metrics(httpx.get(server_url.rstrip("/") + "/metrics", timeout=10).text)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    response = httpx.get(server_url.rstrip("/") + "/metrics", timeout=10, headers=headers)
+    response.raise_for_status()
+    return parse_metrics(response.text)
 
 
 def computed_prompt_tokens(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""One front address for several replicas: nginx (Debian's package) with least-connections balancing.
+"""One front address for several replicas: nginx (Debian's package), requests with the client's affinity header
+hashed consistently on it (a group's pairs meet on one replica), the rest least-connections.
 
     python -m serving.frontend --listen 0.0.0.0:8080 --upstream 10.0.0.1:8000 --upstream 10.0.0.2:8000
 
@@ -38,11 +39,17 @@ def upstream_answers(access_log: str | Path) -> list[tuple[str, str]]:
     """(replica, status) for every upstream attempt of every POST in the access log, in order: a request
     that nginx moved on from a dead replica has two attempts, e.g. ("10.0.0.1:8000", "502") then
     ("10.0.0.2:8000", "200")."""
+    return [(replica, status) for replica, status, _key in keyed_answers(access_log)]
+
+
+def keyed_answers(access_log: str | Path) -> list[tuple[str, str, str | None]]:
+    """(replica, status, affinity key or None) for every upstream attempt of every POST in the access log."""
     out = []
     for line in Path(access_log).read_text(encoding="utf-8").splitlines():
-        _time, _id, request, _status, addrs, statuses, _seconds = line.split("|")
+        _time, _id, request, _status, addrs, statuses, _seconds, key = line.split("|")
         if request.startswith("POST"):
-            out += [(a.strip(), s.strip()) for a, s in zip(addrs.split(","), statuses.split(","))]
+            key = None if key in ("", "-") else key
+            out += [(a.strip(), s.strip(), key) for a, s in zip(addrs.split(","), statuses.split(","))]
     return out
 
 

@@ -149,3 +149,29 @@ def test_frontend_smoke(live_server, tmp_path):
     assert profile.get("samples", 0) > 0 and profile["inclusive"], profile
     assert result["machine"]["cores"] >= 1 and result["versions"] and "benchmarks.frontend" in result["config"]["command"]
     assert set(result["targets"]) >= {"hot_path.ours_api_cpu_ms_per_pair", "group.ours_api_cpu_ms_per_pair"}
+
+
+def test_replicas_smoke(shared_server, second_server, api_key, tmp_path):
+    """benchmarks.replicas on the session's two shared-profile replicas: every way runs, the figures are the
+    ratios of the counters reported, and the stall run scores every pair once."""
+    out = tmp_path / "replicas.json"
+    proc = run("benchmarks.replicas", "--quick", "--base-url", shared_server.base_url, "--base-url",
+               second_server.base_url, "--api-key", api_key, "--stall-timeout", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    routes = result["routes"]
+    assert set(routes) == {"one_replica", "list_off", "list_on", "front_off", "front_on"}
+    one = routes["one_replica"]
+    assert one["prefix_hit_tokens"] > 0 and one["errors"] == 0
+    for way, figures in routes.items():
+        assert figures["errors"] == 0 and figures["pairs"] == 2 * 6
+        run_ = figures["runs"][0]
+        assert figures["fraction_of_one_replica_saving"] == pytest.approx(
+            run_["prefix_hit_tokens"] / one["runs"][0]["prefix_hit_tokens"])
+        assert sum(run_["replica_pairs"]) == 12 and sum(run_["replica_shares"]) == pytest.approx(1.0)
+        assert run_["computed_prompt_tokens"] == run_["prompt_tokens"] - run_["prefix_hit_tokens"]
+    assert routes["list_on"]["groups_on_one_replica"] == 2  # two groups, each kept whole
+    stall = result["stall"]
+    assert stall["every_pair_scored_once"] and stall["stalls"] >= 1 and stall["pairs"] == 3
+    assert result["gaps"]["8"]["gap_max_s"] > 0
+    assert set(result["targets"]) >= {"routes.list_on.fraction_of_one_replica_saving", "stall.within_target"}

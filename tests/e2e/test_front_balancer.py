@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from clients import Item, RewardClient
-from serving.frontend import FrontProxy, find_nginx, upstream_answers
+from serving.frontend import FrontProxy, find_nginx, keyed_answers, upstream_answers
 from serving.process import free_port
 from tests.helpers import picture
 
@@ -55,3 +55,25 @@ def test_batch_survives_a_replica_killed_behind_the_front_address(front, shared_
     assert N <= len(successes) <= N + retried, (len(successes), retried)
     assert {a for a, _ in successes} == {victim, survivor}  # both replicas served this batch
     assert sum(a == survivor for a, _ in successes) > sum(a == victim for a, _ in successes)
+
+
+def test_keyed_groups_stay_on_one_replica_behind_the_front_and_the_rest_balance(front, shared_server, second_server,
+                                                                                 api_key):
+    """The client sends a group's key in X-UnifiedReward-Affinity; nginx hashes it consistently (every answer of
+    a key from one replica), while requests without a key still go least-connections."""
+    start = len(keyed_answers(front.access_log))
+    with RewardClient(front.url + "/v1", api_key=api_key) as client:
+        groups = [client.rank_group("image_gen.pair_rank", [picture(70_000 + 10 * g + i, 256) for i in range(4)],
+                                    caption="a red circle") for g in range(6)]
+        plain = client.score_batch([Item("image_gen.pair_rank", [picture(71_000 + 2 * i, 256),
+                                                                 picture(71_001 + 2 * i, 256)],
+                                         {"caption": "a red circle"}, id=i) for i in range(16)], concurrency=8)
+    assert all(g.errors == 0 for g in groups) and all(r.ok for r in plain)
+    rows = keyed_answers(front.access_log)[start:]
+    per_key: dict[str, set[str]] = {}
+    for replica, status, key in rows:
+        if key is not None and status == "200":
+            per_key.setdefault(key, set()).add(replica)
+    assert len(per_key) == 6 and all(len(replicas) == 1 for replicas in per_key.values()), per_key
+    unkeyed = [replica for replica, status, key in rows if key is None and status == "200"]
+    assert len(unkeyed) == 16 and len(set(unkeyed)) == 2  # least connections spreads the rest
