@@ -40,12 +40,22 @@ ANSWER = json.dumps({"id": "stub", "object": "chat.completion", "created": 0, "m
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Image 1 is better."},
                                   "finish_reason": "stop", "logprobs": None}],
                      "usage": {"prompt_tokens": 600, "completion_tokens": 5, "total_tokens": 605}}).encode()
+# The same answer streamed, as the client asks for it while it watches for stalls (stall_timeout).
+_CHUNK = {"id": "stub", "object": "chat.completion.chunk", "created": 0, "model": "UnifiedReward"}
+STREAMED = "".join(f"data: {json.dumps(event)}\n\n" for event in (
+    {**_CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Image 1"}, "logprobs": None,
+                            "finish_reason": None}]},
+    {**_CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
+    {**_CHUNK, "choices": [], "usage": {"prompt_tokens": 600, "completion_tokens": 3, "total_tokens": 603}},
+)).encode() + b"data: [DONE]\n\n"
 
 
 # -- the stub: HTTP/1.1 keep-alive, answers as soon as a request's body is in --------------------------
 
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     head_out = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER))
+    streamed_out = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n"
+                    % len(STREAMED))
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -53,10 +63,14 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
             path = head.split(b" ", 2)[1]
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" if path.endswith(b"/health")
-                         else head_out + ANSWER)
+            if path.endswith(b"/health"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            elif b'"stream":true' in body or b'"stream": true' in body:
+                writer.write(streamed_out + STREAMED)
+            else:
+                writer.write(head_out + ANSWER)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

@@ -41,3 +41,18 @@ def computed_prompt_tokens(before: dict[str, float], after: dict[str, float]) ->
     queried = after["prefix_cache_queries_total"] - before["prefix_cache_queries_total"]
     hits = after["prefix_cache_hits_total"] - before["prefix_cache_hits_total"]
     return queried, queried - hits
+
+
+def per_engine(server_url: str, api_key: str | None = None) -> dict[str, dict[str, float]]:
+    """The counters per `engine` label (one per data-parallel rank): {"0": {...}, "1": {...}}."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    response = httpx.get(server_url.rstrip("/") + "/metrics", timeout=10, headers=headers)
+    response.raise_for_status()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name in COUNTERS and "engine" in sample.labels:
+                engine = out.setdefault(sample.labels["engine"], dict.fromkeys(
+                    (n.split(":", 1)[1] for n in COUNTERS), 0.0))
+                engine[sample.name.split(":", 1)[1]] += sample.value
+    return out

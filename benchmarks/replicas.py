@@ -11,6 +11,9 @@ stalls mid-answer; and the longest silence of healthy answers under load (what s
            share of the pairs, and how many groups stayed on one replica. Every run sends images no run sent.
   stall    a 5-candidate group through [a proxy in front of replica A that forwards the first 300 bytes of every
            third answer and then nothing, replica B]: wall clean against wall with the stalls, every pair once.
+  dp       (--data-parallel) one tiny server with vLLM data parallelism (2 engines): the same groups with the
+           client told the size (each group's key pinned to a rank with X-data-parallel-rank) and not (vLLM's
+           balancer, by queue length): prefix-cache hits per engine, read from /metrics' `engine` labels.
   gaps     the longest silence of each healthy answer (request to head, between chunks) at 64 and 256 requests
            in flight on one replica (hot-path and long answers mixed): the measurement behind the default.
 
@@ -45,7 +48,7 @@ from testkit.faults import FaultProxy, every
 from testkit.media import synthetic_image
 
 from .compare import machine
-from .metrics import scrape
+from .metrics import per_engine, scrape
 from .processes import ServerProcesses
 
 TASK = "image_gen.pair_rank"
@@ -241,6 +244,38 @@ def key_homed_on(urls: list[str], index: int) -> str:
                 if bounded_rendezvous(affinity_token(f"key-{k}"), urls, [0] * len(urls)) == index)
 
 
+def measure_data_parallel(url: str, images: Images, size: dict[str, Any], api_key: str | None,
+                          log: Callable[[str], None]) -> dict[str, Any]:
+    """Groups on one data-parallel server, with and without the client pinning each key to a rank."""
+    out: dict[str, Any] = {}
+    base = url.rstrip("/").removesuffix("/v1")
+    engines = sorted(per_engine(base, api_key))
+    out["engines"] = len(engines)
+    for repeat in range(size["repeats"]):
+        for way, dp_size in (("balanced", 1), ("pinned", len(engines))):
+            groups = [images.take(size["group"]) for _ in range(size["groups"])]
+            before = per_engine(base, api_key)
+
+            async def main():
+                async with AsyncRewardClient(base + "/v1", api_key=api_key, data_parallel_size=dp_size) as client:
+                    return await asyncio.gather(*(client.rank_group(TASK, g, caption=CAPTION) for g in groups))
+
+            results = asyncio.run(main())
+            after = per_engine(base, api_key)
+            hits = {e: after[e]["prefix_cache_hits_total"] - before[e]["prefix_cache_hits_total"] for e in engines}
+            served = {e: after[e]["request_success_total"] - before[e]["request_success_total"] for e in engines}
+            run = {"prefix_hit_tokens": sum(hits.values()), "hits_per_engine": hits, "pairs_per_engine": served,
+                   "errors": sum(r.errors for r in results), "pairs": sum(len(r.pairs) for r in results)}
+            out.setdefault(way, []).append(run)
+            log(f"data parallel repeat {repeat + 1} {way}: hits {run['prefix_hit_tokens']:.0f}, pairs per engine "
+                f"{served}")
+    for way in ("balanced", "pinned"):
+        out[f"{way}_prefix_hit_tokens"] = statistics.median(r["prefix_hit_tokens"] for r in out[way])
+    out["pinned_vs_balanced"] = (out["pinned_prefix_hit_tokens"] / out["balanced_prefix_hit_tokens"]
+                                 if out["balanced_prefix_hit_tokens"] else None)
+    return out
+
+
 def measure_gaps(replica: Replica, images: Images, size: dict[str, Any], api_key: str | None,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """The longest silence of each healthy answer at a given number in flight (one in four a long answer)."""
@@ -296,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, help="groups per step (default 16; --quick 2)")
     parser.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S,
                         help=f"the client's stall timeout in the stall run (default {DEFAULT_STALL_TIMEOUT_S:g})")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="also start one tiny server with --data-parallel-size 2 and measure rank pinning")
+    parser.add_argument("--dp-base-url", help="a data-parallel server already running (implies --data-parallel)")
     parser.add_argument("--out", type=Path, default=Path("results/replicas.json"))
     args = parser.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
@@ -336,6 +374,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["routes"] = measure_routes(replicas, front, images, size, args.api_key, log)
         result["stall"] = measure_stall(replicas, images, size, args.api_key, args.stall_timeout, log)
         result["gaps"] = measure_gaps(replicas[0], images, size, args.api_key, log)
+        if args.data_parallel or args.dp_base_url:
+            for process in processes:  # the replicas make room for the data-parallel server's engines
+                process.stop()
+            dp_url = args.dp_base_url
+            if dp_url is None:
+                from serving.process import ServerProcess
+
+                log("starting a tiny server with --data-parallel-size 2")
+                dp = ServerProcess(["--model", "tiny", "--data-parallel-size", "2"],
+                                   env={"VLLM_CPU_KVCACHE_SPACE": "2"}, log_path=args.out.parent / "replicas-dp.log")
+                processes.append(dp.start())
+                dp.wait_ready()
+                dp_url = dp.base_url
+            result["data_parallel"] = measure_data_parallel(dp_url, images, size, args.api_key, log)
     finally:
         for process in processes:
             process.stop()

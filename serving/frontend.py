@@ -46,9 +46,9 @@ def keyed_answers(access_log: str | Path) -> list[tuple[str, str, str | None]]:
     """(replica, status, affinity key or None) for every upstream attempt of every POST in the access log."""
     out = []
     for line in Path(access_log).read_text(encoding="utf-8").splitlines():
-        _time, _id, request, _status, addrs, statuses, _seconds, key = line.split("|")
+        _time, _id, request, _status, addrs, statuses, _seconds, *rest = line.split("|")
         if request.startswith("POST"):
-            key = None if key in ("", "-") else key
+            key = rest[0] if rest and rest[0] not in ("", "-") else None  # no key field: a log from before
             out += [(a.strip(), s.strip(), key) for a, s in zip(addrs.split(","), statuses.split(","))]
     return out
 

@@ -234,3 +234,9 @@ def test_an_answer_that_stalls_midway_is_left_within_stall_timeout_and_retried_e
         completion, stalled = asyncio.run(retried())
     assert completion.attempts == 2 and completion.endpoint == healthy.v1() and stalled.failures == 1
     assert completion.text.startswith("token 0") and completion.finish_reason == "stop"
+
+
+def test_a_dataset_column_can_be_the_affinity_key():
+    from clients.dataset_io import parse_mapping
+
+    assert parse_mapping(["affinity=prompt_id"]) == {"affinity": ("prompt_id",)}
