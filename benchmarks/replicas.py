@@ -17,9 +17,11 @@ stalls mid-answer; and the longest silence of healthy answers under load (what s
   gaps     the longest silence of each healthy answer (request to head, between chunks) at 64 and 256 requests
            in flight on one replica (hot-path and long answers mixed): the measurement behind the default.
 
-    python -m benchmarks.replicas [--quick] [--groups K] [--base-url A --base-url B --api-key KEY]   (make bench)
+    python -m benchmarks.replicas [--quick] [--groups K] [--base-url A --base-url B --api-key KEY]
+                                  [--sections routes stall gaps dp] [--dp-base-url URL]          (make bench)
 
-Without --base-url it starts two tiny replicas, each on its own core. Writes results/replicas.json.
+Without --base-url it starts two tiny replicas, each on its own core (and, for dp, after they stop, one tiny server
+with --data-parallel-size 2). Writes results/replicas.json.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from .processes import ServerProcesses
 TASK = "image_gen.pair_rank"
 CAPTION = "a red fox in the snow"
 WAYS = ("one_replica", "list_off", "list_on", "front_off", "front_on")
+SECTIONS = ("routes", "stall", "gaps", "dp")
 SIZES = {
     "full": dict(groups=16, group=8, image=512, repeats=2, stall_group=5, gaps=(64, 256), gap_requests=(256, 512)),
     "quick": dict(groups=2, group=4, image=512, repeats=1, stall_group=3, gaps=(8,), gap_requests=(16,)),
@@ -313,6 +316,8 @@ def check_targets(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, (op, target) in TARGETS.items():
         value: Any = result
+        if key.split(".")[0] not in result:
+            continue  # a section not measured in this run
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         met = None if value is None else {">=": value >= target if op == ">=" else None,
@@ -331,9 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, help="groups per step (default 16; --quick 2)")
     parser.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S,
                         help=f"the client's stall timeout in the stall run (default {DEFAULT_STALL_TIMEOUT_S:g})")
-    parser.add_argument("--data-parallel", action="store_true",
-                        help="also start one tiny server with --data-parallel-size 2 and measure rank pinning")
-    parser.add_argument("--dp-base-url", help="a data-parallel server already running (implies --data-parallel)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="what to measure (default: all; dp starts one tiny server with --data-parallel-size 2 "
+                             "after the two replicas stop)")
+    parser.add_argument("--dp-base-url", help="a data-parallel server already running, for the dp section")
     parser.add_argument("--out", type=Path, default=Path("results/replicas.json"))
     args = parser.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
@@ -341,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         size["groups"] = args.groups
     if args.base_urls and len(args.base_urls) != 2:
         parser.error("give --base-url twice (two replicas) or not at all")
+    sections = set(args.sections)
+    replicas_needed = bool(sections & {"routes", "stall", "gaps"})
     find_nginx()
     started = time.perf_counter()
 
@@ -352,8 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 "sizes": size, "task": TASK}}
     processes = []
     try:
-        if args.base_urls:
-            urls = args.base_urls
+        if args.base_urls or not replicas_needed:
+            urls = args.base_urls or []
         else:
             from serving.process import ServerProcess
 
@@ -369,12 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls = [p.base_url for p in processes]
         replicas = [Replica(u, args.api_key) for u in urls]
         images = Images(size["image"])
-        with tempfile.TemporaryDirectory() as prefix, \
-                FrontProxy([r.host_port for r in replicas], port=free_port(), prefix=prefix) as front:
-            result["routes"] = measure_routes(replicas, front, images, size, args.api_key, log)
-        result["stall"] = measure_stall(replicas, images, size, args.api_key, args.stall_timeout, log)
-        result["gaps"] = measure_gaps(replicas[0], images, size, args.api_key, log)
-        if args.data_parallel or args.dp_base_url:
+        if "routes" in sections:
+            with tempfile.TemporaryDirectory() as prefix, \
+                    FrontProxy([r.host_port for r in replicas], port=free_port(), prefix=prefix) as front:
+                result["routes"] = measure_routes(replicas, front, images, size, args.api_key, log)
+        if "stall" in sections:
+            result["stall"] = measure_stall(replicas, images, size, args.api_key, args.stall_timeout, log)
+        if "gaps" in sections:
+            result["gaps"] = measure_gaps(replicas[0], images, size, args.api_key, log)
+        if "dp" in sections:
             for process in processes:  # the replicas make room for the data-parallel server's engines
                 process.stop()
             dp_url = args.dp_base_url
@@ -395,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["config"]["seconds"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    for way in WAYS:
+    for way in WAYS if "routes" in result else ():
         w = result["routes"][way]
         frac = w["fraction_of_one_replica_saving"]
         print(f"{way:12s} saving {'n/a' if frac is None else f'{frac:.2f}'} of one replica's, computed prompt tokens "

@@ -29,8 +29,9 @@ MAX_CONNECTIONS = 512
 # Time to wait with no bytes arriving before an answer is abandoned as stalled (a hung engine, a half-dead
 # proxy), its endpoint marked and the request retried elsewhere. Every answer is read as a stream so that
 # silence is seen: between the request and its head, the head and the first token, and any two chunks.
-# Measured (benchmarks.replicas, README "Failure semantics"): the longest silence of healthy answers under full
-# load on this machine's CPU build and what a GPU's queue allows; the default sits well above both.
+# Measured (benchmarks.replicas, 2026-12-01): the longest silence of a healthy answer on one tiny CPU replica was
+# 4.2 s at 64 requests in flight and 17.9 s at 256; a GPU drains the same queue 10-100x faster (a 256-deep queue
+# at ~200 pairs/s is ~1.3 s). The default sits above both; a shared endpoint queued deeper needs more.
 DEFAULT_STALL_TIMEOUT_S = 30.0
 # Streamed answers send a chunk every this many tokens (vLLM's per-request `stream_interval`; the first token
 # always goes at once): a long answer costs the API server as much CPU streamed as plain (measured: 153-token

@@ -156,7 +156,8 @@ def test_replicas_smoke(shared_server, second_server, api_key, tmp_path):
     ratios of the counters reported, and the stall run scores every pair once."""
     out = tmp_path / "replicas.json"
     proc = run("benchmarks.replicas", "--quick", "--base-url", shared_server.base_url, "--base-url",
-               second_server.base_url, "--api-key", api_key, "--stall-timeout", "2", "--out", str(out))
+               second_server.base_url, "--api-key", api_key, "--stall-timeout", "2", "--sections", "routes", "stall", "gaps",
+               "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     routes = result["routes"]
