@@ -141,8 +141,10 @@ class AsyncRewardClient:
         RETRY_BACKOFF_MAX_S) when no other endpoint can take the retry."""
         waited = 0.0
         token = affinity_token(affinity) if affinity is not None and self.affinity else None
+        tried: list[str] = []
         for attempt in range(1, self.max_retries + 2):
             async with self.pool.lease(token) as (endpoint, rank):
+                tried.append(endpoint.base_url)
                 sent_at = time.monotonic()
                 headers = {} if token is None else {AFFINITY_HEADER: token}
                 if rank is not None:
@@ -160,7 +162,7 @@ class AsyncRewardClient:
                 if failure.endpoint_down:
                     self.pool.mark_failed(endpoint, failure.retry_after)
                 if not failure.retryable or attempt > self.max_retries:
-                    raise failure.after(attempt, waited) from cause
+                    raise failure.after(attempt, waited, tuple(tried)) from cause
                 delay = backoff_s(attempt)
                 if failure.retry_after is not None and not self.pool.others_up(endpoint):
                     delay = max(delay, min(failure.retry_after, RETRY_BACKOFF_MAX_S))

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from prompts import PromptsError, Task, get_task
 
-from ._constants import DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, MAX_PIXELS, MIN_PIXELS
+from ._constants import DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS
 from ._types import LOGPROBS_MODES, Item, Logprobs
 from .errors import BadInputError
 from ._uuids import image_part
@@ -19,6 +19,8 @@ CONSTRAINTS = ("auto", "verdict", "none")
 # answer's verdict and soft score (the task's `decisive_stops`); "full": decode the whole answer.
 DECODES = ("decisive", "full")
 VIDEO_MODES = ("frames", "url")
+IMAGE_FORMATS = ("JPEG", "PNG")
+MIN_MAX_PIXELS = IMAGE_FACTOR * IMAGE_FACTOR  # the smallest image the Qwen sizing rule can produce
 TOP_LOGPROBS = 20  # vLLM's default cap on top_logprobs
 
 
@@ -34,6 +36,24 @@ class EncodeOptions:
     max_pixels: int | None = MAX_PIXELS  # None: full size (a server without a pixel cap)
     video_mode: str = "frames"  # "url": the file, for the server to sample: off the trained frame layout
     uuids: bool = True  # inline images carry the hash of their data as vLLM's media `uuid` (clients/_uuids.py)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would crash the encoder or silently send images outside the bounds."""
+        if not isinstance(self.image_format, str) or self.image_format.upper() not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {self.image_format!r}")
+        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise ValueError(f"jpeg_quality must be an integer from 1 to 100, not {self.quality!r}")
+        if isinstance(self.min_pixels, bool) or not isinstance(self.min_pixels, int) or self.min_pixels < 0:
+            raise ValueError(f"min_pixels must be an integer of at least 0, not {self.min_pixels!r}")
+        if self.max_pixels is not None:
+            if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) \
+                    or self.max_pixels < MIN_MAX_PIXELS:
+                raise ValueError(f"max_pixels must be None (full size) or an integer of at least {MIN_MAX_PIXELS} "
+                                 f"(one {IMAGE_FACTOR} x {IMAGE_FACTOR} cell), not {self.max_pixels!r}")
+            if self.min_pixels > self.max_pixels:
+                raise ValueError(f"min_pixels ({self.min_pixels}) must not be above max_pixels ({self.max_pixels})")
+        if self.video_mode not in VIDEO_MODES:
+            raise ValueError(f"video_mode must be one of {', '.join(VIDEO_MODES)}, not {self.video_mode!r}")
 
 
 def resolve_task(task: str | Task) -> Task:

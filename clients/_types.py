@@ -149,6 +149,8 @@ class Result:
         extra: dict[str, Any] = {}
         if isinstance(exc, RequestFailedError):
             extra.update(attempts=exc.attempts, backoff_s=exc.backoff_s)
+            if exc.endpoints:
+                extra["endpoint"] = exc.endpoints[-1]  # where the last attempt went
         completion = exc.completion if isinstance(exc, RewardError) else None
         if completion is not None:
             extra.update(text=completion.text, usage=completion.usage, latency_s=completion.latency_s,

@@ -19,13 +19,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._async import AsyncRewardClient
 from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
                          DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_STALL_TIMEOUT_S,
                          DEFAULT_TIMEOUT_S, MAX_PIXELS, MIN_PIXELS)
-from ._requests import CONSTRAINTS, DECODES, EncodeOptions, build_request, encode_media, resolve_task
+from ._requests import (CONSTRAINTS, DECODES, IMAGE_FORMATS, MIN_MAX_PIXELS, EncodeOptions, build_request,
+                        encode_media, resolve_task)
 from ._types import Logprobs
 from .client import RewardClient
 from .dataset_io import Source, open_sink, parse_mapping
@@ -43,10 +44,10 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", default=None,
                        help="API key (default: $UNIFIEDREWARD_API_KEY)")
     group.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default: {DEFAULT_MODEL})")
-    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request attempt")
-    group.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
+    group.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="seconds per request attempt")
+    group.add_argument("--connect-timeout", type=_seconds, default=DEFAULT_CONNECT_TIMEOUT_S,
                        help="seconds to open a connection (an unreachable replica fails this fast)")
-    group.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
+    group.add_argument("--max-retries", type=_integer(0), default=DEFAULT_MAX_RETRIES,
                        help="retries of connection errors, 429 and 5xx")
     group.add_argument("--stall-timeout", type=_stall_timeout, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
                        help=f"abandon an answer that stops arriving for this long and retry it elsewhere "
@@ -71,14 +72,58 @@ def _stall_timeout(text: str) -> float | None:
     return value
 
 
-def _at_least_one(text: str) -> int:
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]; the message names the range."""
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{allowed}, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{allowed}, not {text!r}")
+        return value
+    return parse
+
+
+_at_least_one = _integer(1)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"an integer of at least 1, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"an integer of at least 1, not {text!r}")
+        raise argparse.ArgumentTypeError(f"seconds (a number above 0), not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"seconds (a number above 0), not {text!r}")
     return value
+
+
+def _max_pixels(text: str) -> int | None:
+    if text.lower() == "none":
+        return None  # full size: for a server without a pixel cap (the `authors` profile)
+    return _integer(MIN_MAX_PIXELS)(text)
+
+
+def _image_format(text: str) -> str:
+    if text.upper() not in IMAGE_FORMATS:
+        raise argparse.ArgumentTypeError(f"one of {', '.join(IMAGE_FORMATS)}, not {text!r}")
+    return text.upper()
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The rules that join flags, checked before anything is read or sent (parser.error: exit 2)."""
+    if getattr(args, "max_pixels", None) is not None and getattr(args, "min_pixels", 0) > args.max_pixels:
+        parser.error(f"--min-pixels {args.min_pixels} is above --max-pixels {args.max_pixels}: images would land "
+                     f"outside both bounds")
+    if getattr(args, "debias", False) and getattr(args, "task", None):
+        try:
+            task = resolve_task(args.task)
+        except BadInputError as exc:
+            parser.error(f"--task: {exc}")
+        if task.pairwise is None:
+            parser.error(f"--debias scores a pair in both orders; {task.name} is not a pairwise task")
 
 
 def _item_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,11 +147,13 @@ def _item_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("media encoding")
-    group.add_argument("--image-format", default=DEFAULT_IMAGE_FORMAT, help="JPEG (default) or PNG")
-    group.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
-    group.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="per image, after resizing")
-    group.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                       help="per image, after resizing (the server's own cap: sending more is wasted)")
+    group.add_argument("--image-format", type=_image_format, default=DEFAULT_IMAGE_FORMAT, help="JPEG (default) or PNG")
+    group.add_argument("--jpeg-quality", type=_integer(1, 100), default=DEFAULT_JPEG_QUALITY, help="1 to 100")
+    group.add_argument("--min-pixels", type=_integer(0), default=MIN_PIXELS, help="per image, after resizing")
+    group.add_argument("--max-pixels", type=_max_pixels, default=MAX_PIXELS,
+                       help=f"per image, after resizing (the server's own cap: sending more is wasted; at least "
+                            f"{MIN_MAX_PIXELS}); 'none' sends images at their own size, for a server without a "
+                            f"cap (the `authors` profile)")
 
 
 def _logprobs(args: argparse.Namespace) -> Logprobs:
@@ -140,15 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on SIGINT/SIGTERM, seconds the requests in flight get to finish (default 30)")
     job.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: when stderr is a terminal)")
-    score.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight")
-    score.add_argument("--deadline", type=float, help="overall seconds; later items fail as deadline exceeded")
+    score.add_argument("--concurrency", type=_at_least_one, default=DEFAULT_CONCURRENCY, help="requests in flight")
+    score.add_argument("--deadline", type=_seconds, help="overall seconds; later items fail as deadline exceeded")
     _client_arguments(score)
     _encode_arguments(score)
 
     group = commands.add_parser("group", help="rank candidates with a pairwise task (win rates, strengths)")
     _item_arguments(group)
-    group.add_argument("--pairs", type=int, help="compare only this many pairs (default: all)")
-    group.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    group.add_argument("--pairs", type=_at_least_one, help="compare only this many pairs (default: all)")
+    group.add_argument("--concurrency", type=_at_least_one, default=DEFAULT_CONCURRENCY)
     _client_arguments(group)
     _encode_arguments(group)
 
@@ -247,7 +294,9 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     try:
         if args.command == "score":
             return cmd_score(args, argv)

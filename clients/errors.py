@@ -40,11 +40,12 @@ class RequestFailedError(RewardError):
     `retryable`: another attempt may succeed (transport failures, 408/409/429, 5xx, errors inside a stream).
     `endpoint_down`: the failure says the endpoint itself is unwell; it is skipped for a cool-down.
     `retry_after`: seconds the server asked to wait (Retry-After), if it did.
-    `attempts` and `backoff_s`: requests made and seconds waited between them, when the client gave up."""
+    `attempts` and `backoff_s`: requests made and seconds waited between them, when the client gave up;
+    `endpoints`: the base URLs tried, in order (the last one answered or failed last)."""
 
     def __init__(self, message: str, status_code: int | None = None, retryable: bool = False, *,
                  endpoint_down: bool = False, retry_after: float | None = None, attempts: int = 0,
-                 backoff_s: float = 0.0) -> None:
+                 backoff_s: float = 0.0, endpoints: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
@@ -52,12 +53,17 @@ class RequestFailedError(RewardError):
         self.retry_after = retry_after
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.endpoints = tuple(endpoints)
 
-    def after(self, attempts: int, backoff_s: float) -> "RequestFailedError":
-        """This failure as the request's last: the same kind, with the attempts made and the backoff waited."""
-        message = f"{self} (after {attempts} attempts, {backoff_s:.1f} s of backoff)" if self.retryable else str(self)
+    def after(self, attempts: int, backoff_s: float, endpoints: tuple[str, ...] = ()) -> "RequestFailedError":
+        """This failure as the request's last: the same kind, with the attempts made, the backoff waited and the
+        endpoints tried named in the message."""
+        tried = list(dict.fromkeys(endpoints))
+        where = f" at {', '.join(tried)}" if tried else ""
+        message = (f"{self}{where} (after {attempts} attempts, {backoff_s:.1f} s of backoff)" if self.retryable
+                   else f"{self}{where}")
         return type(self)(message, self.status_code, self.retryable, endpoint_down=self.endpoint_down,
-                          retry_after=self.retry_after, attempts=attempts, backoff_s=backoff_s)
+                          retry_after=self.retry_after, attempts=attempts, backoff_s=backoff_s, endpoints=endpoints)
 
 
 class AuthenticationError(RequestFailedError):

@@ -75,7 +75,12 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespac
             model=args.model, host=args.host, port=args.port, extra_args=vllm_overrides)
     except ValueError as exc:
         parser.error(str(exc))
+    except OSError as exc:  # --config naming a file that is not there (or not readable)
+        parser.error(f"--config {args.config}: {exc.strerror or exc}")
     return args, config
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class MissingApiKeyError(RuntimeError):
@@ -199,6 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     args, config = resolve_config(argv)
     if args.dry_run:
+        try:
+            key = read_api_key(args.api_key_file)
+        except MissingApiKeyError as exc:  # the real run would stop here too
+            log.error("%s", exc)
+            return 2
+        on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
+        if not key and not on_command_line and config.host not in LOOPBACK_HOSTS:
+            log.warning("WARNING: this command serves on %s without an API key: anyone who can reach the port can "
+                        "use it%s", config.host, " (the profile requires a key: the real run refuses to start "
+                        "without one)" if config.require_api_key else "")
         print(masked(config.command()))
         if config.resolves_api_servers:  # what the server will compute: vLLM's parser, imported only here
             try:
