@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ._async import AsyncRewardClient
+from ._version import __version__
 from ._constants import (DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IMAGE_FORMAT,
                          DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_STALL_TIMEOUT_S,
                          DEFAULT_TIMEOUT_S, MAX_PIXELS, MIN_PIXELS)
@@ -163,6 +164,7 @@ def _logprobs(args: argparse.Namespace) -> Logprobs:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unifiedreward", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     score = commands.add_parser("score", help="score one item (flags) or a JSONL batch (--input)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import importlib.util
 import logging
 import os
 import shlex
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from . import __version__
 from .config import PLATFORMS, ServeConfig, available_profiles, detect_platform
 
 API_KEY_ENV = "UNIFIEDREWARD_API_KEY"
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Unknown --flags are passed to vLLM and override the defaults.",
     )
+    parser.add_argument("--version", action="version", version=f"unifiedreward-serve {__version__}")
     parser.add_argument("--config", type=Path, help="a defaults file instead of serving/defaults.toml")
     parser.add_argument("--profile", action="append", default=[], metavar="NAME[,NAME]",
                         help=f"profiles merged over the defaults, in order ({', '.join(available_profiles())}, "
@@ -150,11 +153,19 @@ def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None
     except MissingApiKeyError as exc:
         log.error("%s", exc)
         return 2
+    if importlib.util.find_spec("vllm") is None:
+        log.error("vLLM is not installed here: pip install 'unifiedreward-serve[serve]' (on a machine without a GPU, "
+                  "`make setup` installs vLLM's CPU build); the client alone needs no extra")
+        return 2
     if config.model == TINY:
-        from .tiny import ensure_checkpoint  # needs torch + transformers: only loaded when asked for
+        from .tiny import MissingExtraError, ensure_checkpoint  # torch + transformers: loaded only when asked for
 
         log.info("building or reusing the tiny checkpoint")
-        config = config.override(model=str(ensure_checkpoint()))
+        try:
+            config = config.override(model=str(ensure_checkpoint()))
+        except MissingExtraError as exc:
+            log.error("%s", exc)
+            return 2
     command = config.command()
     if config.profiles:
         log.info("profiles: %s%s", ", ".join(config.profiles),

