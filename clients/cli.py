@@ -62,15 +62,7 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stall_timeout(text: str) -> float | None:
-    if text.lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seconds (a number above 0) or 'none', not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"seconds above 0 (or 'none'), not {text!r}")
-    return value
+    return None if text.lower() == "none" else _seconds(text)
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:

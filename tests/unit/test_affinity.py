@@ -8,7 +8,7 @@ import collections
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -18,6 +18,8 @@ from clients._constants import AFFINITY_HEADER, DATA_PARALLEL_RANK_HEADER
 from clients._endpoints import affinity_token, bounded_rendezvous
 from testkit.faults import FaultProxy, every
 from tests.helpers import chat_reply, picture
+from tests.unit.test_faults import EVENTS
+from tests.unit.test_faults import Upstream as FaultsUpstream
 
 NAMES = [f"http://10.0.0.{i}:8000/v1" for i in range(1, 4)]
 CHAT = {"id": "c", "object": "chat.completion", "created": 0, "model": "UnifiedReward",
@@ -163,32 +165,10 @@ def test_data_parallel_ranks_are_pinned_per_key_in_range():
         AsyncRewardClient("http://dp/v1", data_parallel_size=0)
 
 
-class Upstream(BaseHTTPRequestHandler):
-    """A standard-library server streaming a finished chat answer in a few events, like vLLM's."""
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        events = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                   "choices": [{"index": 0, "delta": {"content": f"token {i} " * 8}, "finish_reason": None}]}
-                  for i in range(3)]
-        events.append({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for event in [*map(json.dumps, events), "[DONE]"]:
-                data = f"data: {event}\n\n".encode()
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:
-            pass  # the proxy cut the connection on purpose
+class Upstream(FaultsUpstream):
+    """The fault tests' upstream, streaming a finished chat answer (a finish reason last), like vLLM's."""
+    events = [*EVENTS, {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    pause_s = 0.0
 
 
 @pytest.fixture(scope="module")

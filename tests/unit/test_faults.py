@@ -26,6 +26,8 @@ class Upstream(BaseHTTPRequestHandler):
     """Answers like vLLM's server: JSON with Content-Length, or a chunked SSE stream when asked to stream."""
     protocol_version = "HTTP/1.1"
     connections = 0
+    events = EVENTS  # what a streamed answer sends, one event per chunk
+    pause_s = 0.02  # between events
 
     def setup(self) -> None:
         type(self).connections += 1
@@ -47,11 +49,11 @@ class Upstream(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for event in [*map(json.dumps, EVENTS), "[DONE]"]:
+            for event in [*map(json.dumps, self.events), "[DONE]"]:
                 data = f"data: {event}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
-                time.sleep(0.02)
+                time.sleep(self.pause_s)
             self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass  # the proxy cut the connection on purpose
