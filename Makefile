@@ -22,7 +22,7 @@ lock:
 
 ## serve MODEL (default: the real 2B model; MODEL=tiny for the test checkpoint) on HOST:PORT with PROFILE; ARGS= more vLLM flags
 serve: setup
-	$(PY) -m serving --model $(MODEL) $(if $(PROFILE),--profile $(PROFILE)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(ARGS)
+	$(PY) -m unifiedreward.serving --model $(MODEL) $(if $(PROFILE),--profile $(PROFILE)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 ## start the tiny server, score one item per task through the client, print the verdicts, stop
 demo: setup

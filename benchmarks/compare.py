@@ -50,10 +50,10 @@ from typing import Any, Callable, Sequence
 import httpx
 import psutil
 
-from clients import (MAX_PIXELS, MIN_PIXELS, AsyncRewardClient, Item, RewardClient, build_request, encode_media,
+from unifiedreward.clients import (MAX_PIXELS, MIN_PIXELS, AsyncRewardClient, Item, RewardClient, build_request, encode_media,
                      smart_resize)
-from prompts import get_task
-from serving.cpu_affinity import keep_off, worker_cpus
+from unifiedreward.prompts import get_task
+from unifiedreward.serving.cpu_affinity import keep_off, worker_cpus
 from testkit.media import synthetic_image
 
 from .classic import classic_generate
@@ -694,8 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"compare [{time.perf_counter() - started:6.0f} s]: {message}", file=sys.stderr, flush=True)
 
-    from serving.process import ServerProcess
-    from serving.tiny import ensure_checkpoint
+    from unifiedreward.serving.process import ServerProcess
+    from unifiedreward.serving.tiny import ensure_checkpoint
 
     pairs, open_ = size["pairs"], size["open"]
     inputs = Inputs(args.data_dir, size["image"], {"hot": 2 * max(pairs["hot"], open_["hot"]),

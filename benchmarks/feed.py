@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import psutil
 
-from clients import AsyncRewardClient, Item
+from unifiedreward.clients import AsyncRewardClient, Item
 from testkit.media import synthetic_image
 
 TASK = "image_gen.pair_rank"

@@ -46,8 +46,8 @@ from typing import Any, Callable, Sequence
 import httpx
 from PIL import Image
 
-from clients import AsyncRewardClient, Item, RewardClient, build_request, encode_media
-from prompts import get_task
+from unifiedreward.clients import AsyncRewardClient, Item, RewardClient, build_request, encode_media
+from unifiedreward.prompts import get_task
 
 from .compare import CAPTION, REFERENCE_THREADS, Inputs, _own_cpu, machine, repeated
 from .processes import ServerProcesses
@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["decisive"] = decisive(server, inputs_by_name.pairs_for_decisive(size["decisive"]),
                                       size["decisive_concurrency"])
     else:
-        from serving.process import ServerProcess
+        from unifiedreward.serving.process import ServerProcess
 
         for k, count in enumerate(args.api_servers):
             process = ServerProcess(["--model", "tiny", "--api-server-count", str(count)],

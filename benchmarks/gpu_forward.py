@@ -41,7 +41,7 @@ MODEL_PAIRS_PER_S = {"roofline": 240, "expected_low": 80, "expected_high": 120}
 def configs(name: str) -> dict[str, dict[str, Any]]:
     if name == "real":
         return REAL
-    from serving.tiny import TEXT, VISION
+    from unifiedreward.serving.tiny import TEXT, VISION
 
     return {"text": dict(TEXT), "vision": dict(VISION)}
 

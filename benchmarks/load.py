@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from clients import MAX_PIXELS, AsyncRewardClient, EncodeOptions, build_request, encode_media
-from prompts import get_task
+from unifiedreward.clients import MAX_PIXELS, AsyncRewardClient, EncodeOptions, build_request, encode_media
+from unifiedreward.prompts import get_task
 from testkit.media import synthetic_image
 
 from .stats import summary
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --base-url (repeatable) or --serve-tiny")
     server = None
     if args.serve_tiny:
-        from serving.process import ServerProcess
+        from unifiedreward.serving.process import ServerProcess
 
         profile = ["--profile", args.profile] if args.profile else []
         server = ServerProcess(["--model", "tiny", *profile], log_path=args.out.parent / "load-server.log")

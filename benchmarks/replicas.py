@@ -1,5 +1,5 @@
 """Routing that follows the image: GRPO groups over two replicas, through the client's endpoint list and through the
-nginx front (serving.frontend), with affinity keys on and off, against the same work on one replica; a replica that
+nginx front (unifiedreward.serving.frontend), with affinity keys on and off, against the same work on one replica; a replica that
 stalls mid-answer; and the longest silence of healthy answers under load (what stall_timeout must exceed).
 
   routes   K groups of 8 (`rank_group`, image_gen.pair_rank, all 28 pairs), sent together as a trainer's step does,
@@ -39,13 +39,13 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
-from clients import AsyncRewardClient, build_request, encode_media
-from clients._constants import DEFAULT_STALL_TIMEOUT_S
-from clients._endpoints import affinity_token, bounded_rendezvous
-from clients._requests import EncodeOptions
-from prompts import get_task
-from serving.frontend import FrontProxy, find_nginx, keyed_answers
-from serving.process import free_port
+from unifiedreward.clients import AsyncRewardClient, build_request, encode_media
+from unifiedreward.clients._constants import DEFAULT_STALL_TIMEOUT_S
+from unifiedreward.clients._endpoints import affinity_token, bounded_rendezvous
+from unifiedreward.clients._requests import EncodeOptions
+from unifiedreward.prompts import get_task
+from unifiedreward.serving.frontend import FrontProxy, find_nginx, keyed_answers
+from unifiedreward.serving.process import free_port
 from testkit.faults import FaultProxy, every
 from testkit.media import synthetic_image
 
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.base_urls or not replicas_needed:
             urls = args.base_urls or []
         else:
-            from serving.process import ServerProcess
+            from unifiedreward.serving.process import ServerProcess
 
             cores = os.cpu_count() or 1
             for k in range(2):
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 process.stop()
             dp_url = args.dp_base_url
             if dp_url is None:
-                from serving.process import ServerProcess
+                from unifiedreward.serving.process import ServerProcess
 
                 log("starting a tiny server with --data-parallel-size 2")
                 dp = ServerProcess(["--model", "tiny", "--data-parallel-size", "2"],

@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 import psutil
 from tqdm import tqdm
 
-from clients import AsyncRewardClient, RewardError, build_request, encode_media
-from prompts import get_task
-from serving.frontend import FrontProxy
-from serving.process import ServerProcess, free_port
+from unifiedreward.clients import AsyncRewardClient, RewardError, build_request, encode_media
+from unifiedreward.prompts import get_task
+from unifiedreward.serving.frontend import FrontProxy
+from unifiedreward.serving.process import ServerProcess, free_port
 from testkit.bad_requests import cases, default_png
 from testkit.media import synthetic_image
 

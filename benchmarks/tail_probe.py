@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"tail_probe [{time.perf_counter() - started:6.0f} s]: {message}", file=sys.stderr, flush=True)
 
-    from serving.process import ServerProcess
+    from unifiedreward.serving.process import ServerProcess
 
     inputs = Inputs(args.data_dir, 512 if args.quick else 1024, {"hot": 2 * max(closed_pairs, *args.requests)})
     log(f"preparing inputs (before any clock): {args.data_dir}")

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mappin
 import httpx
 import openai
 
-from prompts import Task
+from unifiedreward.prompts import Task
 
 from ._constants import (AFFINITY_HEADER, AFFINITY_LOAD_FACTOR, AFFINITY_MIN_LOAD, API_KEY_ENV,
                          DATA_PARALLEL_RANK_HEADER, DEFAULT_API_KEY, DEFAULT_BASE_URL, DEFAULT_CONCURRENCY,
@@ -57,7 +57,7 @@ class AsyncRewardClient:
 
     Affinity: requests with the same key go to the same endpoint (rendezvous hashing over the endpoints that
     are up, with a load bound: `affinity_load_factor` x the mean in flight, never below `affinity_min_load`),
-    and carry it in the `X-UnifiedReward-Affinity` header, which the nginx front (serving.frontend) hashes on.
+    and carry it in the `X-UnifiedReward-Affinity` header, which the nginx front (unifiedreward.serving.frontend) hashes on.
     rank_group gives a group's pairs one key, debias the two orders of a pair one key, `Item(affinity=...)` a
     caller's own (all items of one prompt). `affinity=False`: every request least-outstanding, no header.
     `data_parallel_size`: the data-parallel size of the vLLM server behind each URL (`-dp N`; /metrics shows

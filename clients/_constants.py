@@ -46,7 +46,7 @@ AFFINITY_LOAD_FACTOR = 1.25
 # Below this many requests in flight an endpoint is never called overloaded: one GRPO group of 8 (28 pairs)
 # stays whole on its replica, where splitting it would only compute its images twice.
 AFFINITY_MIN_LOAD = 32
-# The header that carries a request's affinity key (hashed): the nginx front (serving.frontend) hashes on it.
+# The header that carries a request's affinity key (hashed): the nginx front (unifiedreward.serving.frontend) hashes on it.
 AFFINITY_HEADER = "X-UnifiedReward-Affinity"
 # vLLM's own header pinning a request to one data-parallel rank (vllm/entrypoints/generate/base/serving.py).
 DATA_PARALLEL_RANK_HEADER = "X-data-parallel-rank"

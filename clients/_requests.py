@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from prompts import PromptsError, Task, get_task
+from unifiedreward.prompts import PromptsError, Task, get_task
 
 from ._constants import DEFAULT_IMAGE_FORMAT, DEFAULT_JPEG_QUALITY, IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS
 from ._types import LOGPROBS_MODES, Item, Logprobs

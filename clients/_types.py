@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
-from prompts import Task, Verdict, VerdictError
-from prompts.verdicts import RewardKind
+from unifiedreward.prompts import Task, Verdict, VerdictError
+from unifiedreward.prompts.verdicts import RewardKind
 
 from .errors import BadInputError, RequestFailedError, RewardError, SoftScoreUnavailableError, UnparseableVerdictError
 

@@ -1,4 +1,4 @@
-"""`unifiedreward` (also `python -m clients`): score items or rank a group from the command line.
+"""`unifiedreward` (also `python -m unifiedreward.clients`): score items or rank a group from the command line.
 
     unifiedreward score --task image_gen.pair_rank --image a.png --image b.png --caption "a red cat"
     unifiedreward score --input items.jsonl --output results.jsonl --concurrency 64 [--resume]

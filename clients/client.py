@@ -10,7 +10,7 @@ import contextlib
 import threading
 from typing import Any, AsyncIterable, Coroutine, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from prompts import Task
+from unifiedreward.prompts import Task
 
 from ._async import AsyncRewardClient, ItemLike, Progress
 from ._constants import DEFAULT_CONCURRENCY

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prompts import VerdictError
+from unifiedreward.prompts import VerdictError
 
 if TYPE_CHECKING:
     from ._types import Completion
 
 
 class RewardError(Exception):
-    """Base class of every error raised by `clients`."""
+    """Base class of every error raised by `unifiedreward.clients`."""
 
     def __init__(self, message: str, *, completion: "Completion | None" = None) -> None:
         super().__init__(message)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 from ._async import AsyncRewardClient, ProgressBar
 from ._types import Result

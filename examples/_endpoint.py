@@ -16,7 +16,7 @@ def reward_endpoint() -> Iterator[str]:
     if os.environ.get("UNIFIEDREWARD_BASE_URL"):
         yield os.environ["UNIFIEDREWARD_BASE_URL"].split(",")[0]
         return
-    from serving.process import ServerProcess
+    from unifiedreward.serving.process import ServerProcess
 
     cache = Path(os.environ.get("UNIFIEDREWARD_CACHE", ".cache"))
     print("starting the tiny server (about a minute; set UNIFIEDREWARD_BASE_URL to use a real one)...", flush=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from clients import RewardClient
-from prompts import TASKS
-from serving.process import ServerProcess
+from unifiedreward.clients import RewardClient
+from unifiedreward.prompts import TASKS
+from unifiedreward.serving.process import ServerProcess
 
 CAPTION = "a red circle above a blue square on a white background"
 FIELDS = {

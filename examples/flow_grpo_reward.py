@@ -4,7 +4,7 @@ calls its rewards (`scripts/train_sd3.py`: a ThreadPoolExecutor) with N x C x H 
     python examples/flow_grpo_reward.py
 
 In flow_grpo itself: add to flow_grpo/rewards.py
-    from clients.integrations.flow_grpo import unifiedreward_score
+    from unifiedreward.clients.integrations.flow_grpo import unifiedreward_score
 and name it in the config's reward dict (multi_score builds each reward with `name(device)`).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from _endpoint import reward_endpoint
 
-from clients.integrations.flow_grpo import unifiedreward_score
+from unifiedreward.clients.integrations.flow_grpo import unifiedreward_score
 
 PROMPTS = ["a red circle above a blue square", "a cat wearing a hat", "two apples on a table", "a sailing boat"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from _endpoint import reward_endpoint
 from PIL import Image, ImageDraw
 
-from clients.integrations.groups import win_rate_rewards
+from unifiedreward.clients.integrations.groups import win_rate_rewards
 
 
 def candidate(i: int) -> Image.Image:

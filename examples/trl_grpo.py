@@ -12,8 +12,8 @@ from datasets import Dataset
 from PIL import Image, ImageDraw
 from trl import GRPOConfig, GRPOTrainer
 
-from clients.integrations.trl import reward_func
-from serving.tiny import ensure_checkpoint
+from unifiedreward.clients.integrations.trl import reward_func
+from unifiedreward.serving.tiny import ensure_checkpoint
 
 
 def picture(i: int) -> Image.Image:

@@ -4,7 +4,7 @@ uint8 image, a T x C x H x W video, the router address as `host:port` and the mo
     python examples/verl_omni_reward.py
 
 In verl-omni: point the reward config's custom function at
-`clients.integrations.verl_omni.compute_score` (path: the installed module's file, name: compute_score).
+`unifiedreward.clients.integrations.verl_omni.compute_score` (path: the installed module's file, name: compute_score).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import asyncio
 import torch
 from _endpoint import reward_endpoint
 
-from clients.integrations.verl_omni import compute_score
+from unifiedreward.clients.integrations.verl_omni import compute_score
 
 
 async def main(address: str) -> None:

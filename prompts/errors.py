@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 class PromptsError(ValueError):
-    """Base class of every error raised by `prompts`."""
+    """Base class of every error raised by `unifiedreward.prompts`."""
 
 
 class UnknownTaskError(PromptsError):

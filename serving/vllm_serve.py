@@ -1,6 +1,6 @@
 """`vllm serve`, started from Python: the same subcommand, its parser and its dispatch, without the console script.
 
-    python -m serving.vllm_serve [--api-servers-per-gpu N] serve MODEL [any `vllm serve` flag ...]
+    python -m unifiedreward.serving.vllm_serve [--api-servers-per-gpu N] serve MODEL [any `vllm serve` flag ...]
 
 Why not `python -m vllm.entrypoints.openai.api_server`: in vLLM 0.32 that module parses the flags and runs one
 API-server process whatever `--api-server-count` says (`launchers/api_server/entry.py: main` calls `run_server`);
@@ -34,7 +34,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, object]:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
     from vllm.version import __version__
 
-    parser = FlexibleArgumentParser(prog="python -m serving.vllm_serve", description="vLLM's `serve` subcommand",
+    parser = FlexibleArgumentParser(prog="python -m unifiedreward.serving.vllm_serve", description="vLLM's `serve` subcommand",
                                     epilog=VLLM_SUBCMD_PARSER_EPILOG.format(subcmd=SUBCOMMAND))
     parser.add_argument("-v", "--version", action="version", version=__version__)
     subparsers = parser.add_subparsers(required=True, dest="subparser")
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         count = api_server_count(args, own.api_servers_per_gpu)
         if count is not None:
             args.api_server_count = count
-            init_logger("serving").info("API servers: %d (%d per GPU of this node's engines)", count,
+            init_logger("unifiedreward.serving").info("API servers: %d (%d per GPU of this node's engines)", count,
                                         own.api_servers_per_gpu)
     args.dispatch_function(args)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.process import ServerDiedError, ServerProcess
+from unifiedreward.serving.process import ServerDiedError, ServerProcess
 
 REFERENCE = Path(__file__).parent / "data" / "unifiedreward-tasks.json"
 # A fresh key per session: the shared-profile tests also check that it never reaches a log.

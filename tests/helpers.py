@@ -35,7 +35,7 @@ def frames(seed: int, count: int, size: int = 256) -> list[Image.Image]:
 def vllm_parse(args: list[str]) -> argparse.Namespace:
     """Parse server arguments (ServeConfig.vllm_args(): --model first) with vLLM's own `serve` parser and its
     validation, the parser the launcher's command runs through (serving/vllm_serve.py)."""
-    from serving.vllm_serve import parse
+    from unifiedreward.serving.vllm_serve import parse
 
     args = list(args)
     if args[:1] == ["--model"]:

@@ -5,7 +5,7 @@
 
 Run from the repository root. A repository tool, not part of the installed package: it writes into the
 repository's deploy/k8s (which does not exist beside an installed wheel) and needs pyyaml (the test extra).
-It reads the config and the guard's source through the installed `serving` package.
+It reads the config and the guard's source through the installed `unifiedreward.serving` package.
 
 Generated: each variant's `serving-flags.yaml` (a strategic-merge patch setting the vLLM container's
 arguments and environment from serving/defaults.toml plus the variant's profiles) and the ConfigMap that
@@ -22,10 +22,10 @@ from typing import Sequence
 
 import yaml
 
-from serving.config import ServeConfig
+from unifiedreward.serving.config import ServeConfig
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"  # the repository's, whatever the working directory
-GUARD = resources.files("serving") / "guard.py"  # its source text, which the ConfigMap carries verbatim
+GUARD = resources.files("unifiedreward.serving") / "guard.py"  # its source text, which the ConfigMap carries verbatim
 # Where each variant's patch goes, and the profiles it is built from.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "base/serving-flags.yaml": ("shared",),

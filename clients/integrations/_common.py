@@ -19,7 +19,7 @@ from .._types import Result
 from ..client import RewardClient
 from ..errors import BadInputError
 
-log = logging.getLogger("clients.integrations")
+log = logging.getLogger("unifiedreward.clients.integrations")
 BASE_URL_ENV = "UNIFIEDREWARD_BASE_URL"
 OnError = Literal["raise", "nan", "none"]
 ON_ERROR = ("raise", "nan", "none")

@@ -1,6 +1,6 @@
 """flow_grpo (and its forks): a reward factory in the shape of `flow_grpo/rewards.py`.
 
-    from clients.integrations.flow_grpo import unifiedreward_score
+    from unifiedreward.clients.integrations.flow_grpo import unifiedreward_score
     score_fn = unifiedreward_score(device, base_url="http://reward:8000/v1")
     scores, info = score_fn(images, prompts, metadata)      # images: N x C x H x W float in [0, 1]
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 from .._types import Item, Result
 from ..errors import BadInputError

@@ -1,7 +1,7 @@
 """One GRPO group's rewards the way Pref-GRPO computes them: each candidate's win rate over all pairs of the
 group (a tie counts half), judged pairwise by UnifiedReward.
 
-    from clients.integrations.groups import win_rate_rewards
+    from unifiedreward.clients.integrations.groups import win_rate_rewards
     rewards = win_rate_rewards(group_images, caption, base_url="http://reward:8000/v1")   # one per image
 
 Through `rank_group`: each candidate encoded once, the pairs ordered for vLLM's prefix cache, all pairs

@@ -1,6 +1,6 @@
 """TRL: a reward function for `GRPOTrainer(reward_funcs=[...])`, training a VLM with UnifiedReward as judge.
 
-    from clients.integrations.trl import reward_func
+    from unifiedreward.clients.integrations.trl import reward_func
     judge = reward_func("http://reward:8000/v1", task="image_und.point_score")
     trainer = GRPOTrainer(model=..., reward_funcs=[judge], train_dataset=dataset, args=config)
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Sequence
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 from .._types import Item, Result
 from ..errors import BadInputError

@@ -1,6 +1,6 @@
 """verl-omni: a drop-in for its UnifiedReward scorer (`compute_score_unified_reward`).
 
-Point verl-omni's custom reward function at `clients.integrations.verl_omni.compute_score`. It is called as
+Point verl-omni's custom reward function at `unifiedreward.clients.integrations.verl_omni.compute_score`. It is called as
 verl-omni calls its scorer:
 
     await compute_score(data_source, solution_image, ground_truth, extra_info,
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 from .._constants import DEFAULT_MODEL
 from ._common import (axis_scores, check_on_error, endpoints, failed_value, image_of, is_video, loop_client, text_of,

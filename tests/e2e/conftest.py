@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients import RewardClient
+from unifiedreward.clients import RewardClient
 
 
 @pytest.fixture(scope="module")

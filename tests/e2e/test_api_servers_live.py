@@ -15,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.processes import ServerProcesses
-from prompts import get_task
+from unifiedreward.prompts import get_task
 from testkit.bad_requests import chat, data_url, default_png, image_part, png_bytes
 from tests.helpers import picture
 
@@ -66,7 +66,7 @@ def test_the_default_profile_runs_two_api_servers_and_both_answer(live_server):
     titles = sorted(p.cmdline()[0] for p in tree.api_servers())
     assert titles == [f"VLLM::APIServer_{i}" for i in range(API_SERVERS)], titles
     command = tree.root.cmdline()
-    assert command[1:4] == ["-m", "serving.vllm_serve", "serve"], command[:5]  # vLLM's serve subcommand
+    assert command[1:4] == ["-m", "unifiedreward.serving.vllm_serve", "serve"], command[:5]  # vLLM's serve subcommand
     # Eight connections at a time: the processes share one listening socket, and the kernel may hand a run of
     # one-at-a-time connections to the same idle process; with several open at once both must take some.
     answered = collections.Counter()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

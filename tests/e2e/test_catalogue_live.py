@@ -6,9 +6,9 @@ import math
 import openai
 import pytest
 
-from clients import UnparseableVerdictError
-from clients import EncodeOptions, build_request, encode_media
-from prompts import TASKS, FinalScoreVerdict, RankVerdict, Task, VerdictError, get_task
+from unifiedreward.clients import UnparseableVerdictError
+from unifiedreward.clients import EncodeOptions, build_request, encode_media
+from unifiedreward.prompts import TASKS, FinalScoreVerdict, RankVerdict, Task, VerdictError, get_task
 from tests.helpers import frames, picture
 
 FIELDS = {"caption": "a red ball rolls across a green table", "question": "What moves in the scene?",

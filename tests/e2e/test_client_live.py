@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from clients import AsyncRewardClient, Item, RewardClient
-from clients.groups import all_pairs
+from unifiedreward.clients import AsyncRewardClient, Item, RewardClient
+from unifiedreward.clients.groups import all_pairs
 from tests.helpers import picture
 
 CAPTION = "a red circle above a blue square"
@@ -252,7 +252,7 @@ def test_async_client_is_the_same_core(live_server, images):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "unifiedreward.clients", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_score_one_item(live_server, images):

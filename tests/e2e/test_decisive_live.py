@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from clients import Item, RewardClient
+from unifiedreward.clients import Item, RewardClient
 from tests.helpers import picture
 
 PAIRS = 200

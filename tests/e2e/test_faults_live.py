@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clients import AsyncRewardClient, GroupResult, Item, Result
+from unifiedreward.clients import AsyncRewardClient, GroupResult, Item, Result
 from testkit.faults import FaultProxy, unreachable_listener
 from tests.helpers import picture
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from clients import Item, RewardClient
-from serving.frontend import FrontProxy, find_nginx, keyed_answers, upstream_answers
-from serving.process import free_port
+from unifiedreward.clients import Item, RewardClient
+from unifiedreward.serving.frontend import FrontProxy, find_nginx, keyed_answers, upstream_answers
+from unifiedreward.serving.process import free_port
 from tests.helpers import picture
 
 N = 60

@@ -14,8 +14,8 @@ import numpy as np
 import openai
 import pytest
 
-from clients.integrations import flow_grpo, groups, trl, verl_omni
-from prompts import get_task
+from unifiedreward.clients.integrations import flow_grpo, groups, trl, verl_omni
+from unifiedreward.prompts import get_task
 from tests.helpers import frames, picture
 
 torch = pytest.importorskip("torch")
@@ -101,7 +101,7 @@ def test_a_real_trl_grpo_trainer_step_rewards_from_the_server(live_server, tmp_p
     datasets = pytest.importorskip("datasets")
     transformers = pytest.importorskip("transformers")
     trl_lib = pytest.importorskip("trl")
-    from serving.tiny import ensure_checkpoint
+    from unifiedreward.serving.tiny import ensure_checkpoint
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(ensure_checkpoint())
     config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,

@@ -53,7 +53,7 @@ def dataset(tmp_path_factory) -> dict:
 
 
 def cli(base_url: str, source: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "clients", "score", "--input", str(source), "--output", str(output),
+    return [sys.executable, "-m", "unifiedreward.clients", "score", "--input", str(source), "--output", str(output),
             "--base-url", base_url, "--concurrency", "16", "--no-progress", *extra]
 
 

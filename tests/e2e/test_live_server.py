@@ -11,8 +11,8 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients import BadInputError
-from prompts import RankVerdict, ScoreVerdict, get_task
+from unifiedreward.clients import BadInputError
+from unifiedreward.prompts import RankVerdict, ScoreVerdict, get_task
 from tests.helpers import picture
 
 CAPTION = "a red circle above a blue square"
@@ -123,8 +123,8 @@ def test_cpu_build_binds_engine_core_to_its_workers_cores(live_server):
 
     import psutil
 
-    from serving.config import detect_platform
-    from serving.cpu_affinity import ENGINE_NAME, named, worker_cpus
+    from unifiedreward.serving.config import detect_platform
+    from unifiedreward.serving.cpu_affinity import ENGINE_NAME, named, worker_cpus
 
     if detect_platform() != "cpu":
         pytest.skip("the CUDA build: nothing is bound")

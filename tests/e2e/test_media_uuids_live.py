@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import httpx
 
-from clients import Item, RewardClient, encode_image
-from clients._uuids import media_uuid
-from prompts import get_task
+from unifiedreward.clients import Item, RewardClient, encode_image
+from unifiedreward.clients._uuids import media_uuid
+from unifiedreward.prompts import get_task
 from tests.helpers import picture
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from benchmarks.metrics import scrape
 from benchmarks.replicas import key_homed_on
-from clients import AsyncRewardClient, RequestFailedError, RewardClient, build_request, encode_media
-from clients._endpoints import affinity_token, bounded_rendezvous
-from clients._requests import EncodeOptions
-from prompts import get_task
+from unifiedreward.clients import AsyncRewardClient, RequestFailedError, RewardClient, build_request, encode_media
+from unifiedreward.clients._endpoints import affinity_token, bounded_rendezvous
+from unifiedreward.clients._requests import EncodeOptions
+from unifiedreward.prompts import get_task
 from testkit.faults import FaultProxy, every
 from tests.helpers import picture
 

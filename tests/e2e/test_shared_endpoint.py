@@ -12,7 +12,7 @@ import threading
 import httpx
 import pytest
 
-from clients import AuthenticationError, InputRejectedError, Item, RewardClient
+from unifiedreward.clients import AuthenticationError, InputRejectedError, Item, RewardClient
 from testkit.bad_requests import PROMPT, cases, default_png, good_request
 from tests.helpers import picture
 

@@ -13,9 +13,9 @@ from http.server import ThreadingHTTPServer
 import httpx
 import pytest
 
-from clients import AsyncRewardClient, Item, RewardClient
-from clients._constants import AFFINITY_HEADER, DATA_PARALLEL_RANK_HEADER
-from clients._endpoints import affinity_token, bounded_rendezvous
+from unifiedreward.clients import AsyncRewardClient, Item, RewardClient
+from unifiedreward.clients._constants import AFFINITY_HEADER, DATA_PARALLEL_RANK_HEADER
+from unifiedreward.clients._endpoints import affinity_token, bounded_rendezvous
 from testkit.faults import FaultProxy, every
 from tests.helpers import chat_reply, picture
 from tests.unit.test_faults import EVENTS
@@ -217,6 +217,6 @@ def test_an_answer_that_stalls_midway_is_left_within_stall_timeout_and_retried_e
 
 
 def test_a_dataset_column_can_be_the_affinity_key():
-    from clients.dataset_io import parse_mapping
+    from unifiedreward.clients.dataset_io import parse_mapping
 
     assert parse_mapping(["affinity=prompt_id"]) == {"affinity": ("prompt_id",)}

@@ -13,13 +13,13 @@ import httpx
 import openai
 import pytest
 
-from clients import BadInputError, Item, Result
-from clients._transport import backoff_s
-from clients._constants import RETRY_BACKOFF_MAX_S
-from clients._endpoints import Endpoint, EndpointPool
-from clients.groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
+from unifiedreward.clients import BadInputError, Item, Result
+from unifiedreward.clients._transport import backoff_s
+from unifiedreward.clients._constants import RETRY_BACKOFF_MAX_S
+from unifiedreward.clients._endpoints import Endpoint, EndpointPool
+from unifiedreward.clients.groups import (GroupResult, all_pairs, bradley_terry, cache_friendly_waves, components, games_played,
                             win_rates)
-from prompts import RankVerdict
+from unifiedreward.prompts import RankVerdict
 from tests.helpers import chat_reply
 
 
@@ -202,7 +202,7 @@ def _chat_response(text: str, finish_reason: str) -> dict:
 
 
 def test_aborted_answers_are_retried_and_4xx_are_typed():
-    from clients import AsyncRewardClient, AuthenticationError, InputRejectedError
+    from unifiedreward.clients import AsyncRewardClient, AuthenticationError, InputRejectedError
 
     calls: list[str] = []
 
@@ -243,7 +243,7 @@ def loop_threads() -> int:
 
 def test_a_failing_constructor_leaves_no_thread():
     """Item 7: the loop thread was started before the options were checked, and never stopped."""
-    from clients import RewardClient
+    from unifiedreward.clients import RewardClient
 
     before = loop_threads()
     for bad in ({"video_mode": "gif"}, {"max_retries": -1}, {}):
@@ -255,7 +255,7 @@ def test_a_failing_constructor_leaves_no_thread():
 def test_ctrl_c_cancels_the_batch_in_flight_and_re_raises():
     """Item 7: KeyboardInterrupt during a call left its requests running on the loop thread while close()
     shut the HTTP pool under them. Now the requests are cancelled before the interrupt propagates."""
-    from clients import Item, RewardClient
+    from unifiedreward.clients import Item, RewardClient
 
     started, cancelled = threading.Event(), threading.Event()
 
@@ -307,8 +307,8 @@ def _with_logprobs(text: str, tokens: list[str]) -> dict:
 def test_a_soft_score_fallback_is_stated_and_can_be_refused():
     """Item 2: with logprobs, a verdict whose tokens do not line up (markdown) silently became the hard 0/1
     reward. Now the Result says reward_kind="hard", and logprobs="require" makes it the item's error."""
-    from clients import RewardClient, SoftScoreUnavailableError
-    from clients.jobs import JobOutcome, JobPlan, summary
+    from unifiedreward.clients import RewardClient, SoftScoreUnavailableError
+    from unifiedreward.clients.jobs import JobOutcome, JobPlan, summary
 
     answers = {"plain": _with_logprobs("Image 1 is better.", ["Image", " ", "1", " is better."]),
                "markdown": _with_logprobs("**Image 1 is better.**", ["**", "Image", " ", "1", " is better.", "**"])}
@@ -350,8 +350,8 @@ def test_debiased_soft_and_hard_rewards_are_never_averaged_together():
 def test_cli_request_prints_the_body_the_client_would_send(tmp_path, capsys):
     from PIL import Image
 
-    from clients.cli import main
-    from prompts import get_task
+    from unifiedreward.clients.cli import main
+    from unifiedreward.prompts import get_task
 
     for k in range(2):
         Image.new("RGB", (640, 480), (40 * k, 80, 120)).save(tmp_path / f"{k}.png")

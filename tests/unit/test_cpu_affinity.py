@@ -1,4 +1,4 @@
-"""serving.cpu_affinity on a real process tree named as vLLM's CPU build names its processes."""
+"""unifiedreward.serving.cpu_affinity on a real process tree named as vLLM's CPU build names its processes."""
 from __future__ import annotations
 
 import os
@@ -9,14 +9,14 @@ import time
 import pytest
 
 psutil = pytest.importorskip("psutil")
-from serving.cpu_affinity import keep_off, pin, placements, worker_cpus  # noqa: E402
+from unifiedreward.serving.cpu_affinity import keep_off, pin, placements, worker_cpus  # noqa: E402
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to bind one")
 
 
 @pytest.fixture
 def server_tree():
-    """root (the launcher's child) -> "VLLM::EngineCore" -> "VLLM::Worker", like `python -m serving` on CPU."""
+    """root (the launcher's child) -> "VLLM::EngineCore" -> "VLLM::Worker", like `python -m unifiedreward.serving` on CPU."""
     script = "exec -a VLLM::EngineCore bash -c 'bash -c \"exec -a VLLM::Worker sleep 60\" & wait'"
     root = subprocess.Popen(["bash", "-c", f"{script} & wait"], start_new_session=True)
     try:

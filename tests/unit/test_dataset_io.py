@@ -13,10 +13,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from clients import AsyncRewardClient, BadInputError, Result
-from clients.dataset_io import JsonlSink, ParquetSink, Source, open_sink, parse_mapping
-from clients.jobs import Shard, plan_job, run_job
-from prompts import RankVerdict
+from unifiedreward.clients import AsyncRewardClient, BadInputError, Result
+from unifiedreward.clients.dataset_io import JsonlSink, ParquetSink, Source, open_sink, parse_mapping
+from unifiedreward.clients.jobs import Shard, plan_job, run_job
+from unifiedreward.prompts import RankVerdict
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402

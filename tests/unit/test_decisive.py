@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from clients._requests import build_request, decides_early
-from prompts import TASKS, get_task
-from prompts.formats import MAX_STOP_STRINGS, ChoiceFormat
-from prompts.softscores import align, choice_probabilities
+from unifiedreward.clients._requests import build_request, decides_early
+from unifiedreward.prompts import TASKS, get_task
+from unifiedreward.prompts.formats import MAX_STOP_STRINGS, ChoiceFormat
+from unifiedreward.prompts.softscores import align, choice_probabilities
 
 CHOICE_TASKS = [t for t in TASKS.values() if t.output.name == "choice"]
 

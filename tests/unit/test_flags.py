@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from clients import AsyncRewardClient, RewardClient
-from clients.cli import main as cli_main
-from clients._requests import EncodeOptions
-from clients.media import smart_resize
+from unifiedreward.clients import AsyncRewardClient, RewardClient
+from unifiedreward.clients.cli import main as cli_main
+from unifiedreward.clients._requests import EncodeOptions
+from unifiedreward.clients.media import smart_resize
 
 ITEM = ["score", "--task", "image_gen.pair_rank", "--image", "a.png", "--image", "b.png", "--caption", "x",
         "--base-url", "http://127.0.0.1:9/v1"]
@@ -101,7 +101,7 @@ def launcher(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     import os
 
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("UNIFIEDREWARD_API_KEY", "VLLM_API_KEY"))}
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "unifiedreward.serving", *args], capture_output=True, text=True, timeout=120,
                           env={**environment, **(env or {})})
 
 
@@ -125,13 +125,14 @@ def test_one_version_everywhere():
     import tomllib
     from pathlib import Path
 
-    import clients
-    import serving
+    import unifiedreward
+    import unifiedreward.clients
+    import unifiedreward.serving
 
     declared = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
-    assert clients.__version__ == serving.__version__ == declared
-    for module, prog in (("clients", "unifiedreward"), ("serving", "unifiedreward-serve"),
-                         ("serving.tiny", "unifiedreward-tiny")):
+    assert unifiedreward.__version__ == unifiedreward.clients.__version__ == unifiedreward.serving.__version__ == declared
+    for module, prog in (("unifiedreward.clients", "unifiedreward"), ("unifiedreward.serving", "unifiedreward-serve"),
+                         ("unifiedreward.serving.tiny", "unifiedreward-tiny")):
         done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.strip() == f"{prog} {declared}", (module, done.stdout, done.stderr)
 
@@ -139,8 +140,8 @@ def test_one_version_everywhere():
 def test_a_missing_extra_is_named(monkeypatch, caplog, tmp_path):
     import importlib.util
 
-    from serving import launcher, tiny
-    from serving.config import ServeConfig
+    from unifiedreward.serving import launcher, tiny
+    from unifiedreward.serving.config import ServeConfig
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from serving.frontend import find_nginx, keyed_answers, render, upstream_answers
+from unifiedreward.serving.frontend import find_nginx, keyed_answers, render, upstream_answers
 
 
 def test_rendered_configuration_is_valid_nginx(tmp_path):

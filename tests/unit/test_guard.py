@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.guard import Limits, Refused, RequestGuard, check_request
+from unifiedreward.serving.guard import Limits, Refused, RequestGuard, check_request
 from testkit.bad_requests import cases, chat, data_url, default_png, good_request, image_part
 
 ARGS = SimpleNamespace(limit_mm_per_prompt={"image": 16, "video": {"count": 2}}, allowed_media_domains=["cdn.example.org"],

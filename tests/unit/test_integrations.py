@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import BadInputError
-from clients.integrations import flow_grpo, groups, trl, verl_omni
-from clients.integrations._common import _per_loop, endpoints, images_of, loop_client, text_of, video_frames_of
+from unifiedreward.clients import BadInputError
+from unifiedreward.clients.integrations import flow_grpo, groups, trl, verl_omni
+from unifiedreward.clients.integrations._common import _per_loop, endpoints, images_of, loop_client, text_of, video_frames_of
 from tests.helpers import chat_reply
 
 torch = pytest.importorskip("torch")
@@ -189,7 +189,7 @@ def test_win_rate_rewards_never_score_an_unjudged_candidate(tmp_path):
 
 
 def test_the_adapters_import_nothing_heavy():
-    code = ("import sys; import clients.integrations.flow_grpo, clients.integrations.verl_omni, "
-            "clients.integrations.trl, clients.integrations.groups; "
+    code = ("import sys; import unifiedreward.clients.integrations.flow_grpo, unifiedreward.clients.integrations.verl_omni, "
+            "unifiedreward.clients.integrations.trl, unifiedreward.clients.integrations.groups; "
             "print(sorted(m for m in ('torch', 'trl', 'transformers', 'vllm') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tomllib
 
 import pytest
 import yaml
 
-from serving.config import ServeConfig, profile_path
+from unifiedreward.serving.config import ServeConfig, profile_path
 from tests.helpers import vllm_parse
 from tools import k8s_manifests as k8s
 
@@ -61,7 +62,7 @@ def test_the_deployment_runs_the_official_image_with_the_serving_configs_flags(b
     assert args == config.override(host="0.0.0.0", port=8000).serve_args()
     parsed = vllm_parse(["--model", *args])  # vLLM's own parser accepts them
     assert parsed.host == "0.0.0.0" and parsed.port == 8000
-    assert parsed.middleware == ["serving.guard.RequestGuard"] and parsed.enable_log_requests is False
+    assert parsed.middleware == ["unifiedreward.serving.guard.RequestGuard"] and parsed.enable_log_requests is False
     env = {e["name"]: e for e in container["env"]}
     for name, value in config.env.items():
         assert env[name]["value"] == value
@@ -91,12 +92,12 @@ def test_probes_scraping_autoscaling_disruption_and_egress(built):
                      by_kind(docs, "Service")["spec"]["selector"]):
         assert selector.items() <= labels.items()
     assert "Egress" in policy["spec"]["policyTypes"] and policy["spec"]["egress"] == []
-    # The guard reaches the image as the `serving` package on PYTHONPATH.
+    # The guard reaches the image as `unifiedreward.serving.guard` on PYTHONPATH.
     guard = by_kind(docs, "ConfigMap")
     assert guard["data"]["guard.py"] == k8s.GUARD.read_text()
     mount = next(m for m in container["volumeMounts"] if m["name"] == "guard")
     python_path = next(e["value"] for e in container["env"] if e["name"] == "PYTHONPATH")
-    assert mount["mountPath"] == f"{python_path}/serving"
+    assert mount["mountPath"] == f"{python_path}/unifiedreward/serving"
 
 
 def test_adapter_rule_exposes_the_metric_the_autoscaler_reads():
@@ -109,3 +110,26 @@ def test_data_parallel_profile_is_a_valid_vllm_setting():
     profile = tomllib.loads(profile_path("data-parallel").read_text())
     parsed = vllm_parse(ServeConfig.load(profiles=["shared", "data-parallel"]).vllm_args())
     assert parsed.data_parallel_size == profile["vllm"]["data_parallel_size"] > 1
+
+
+def test_the_mounted_guard_loads_under_the_middleware_name_without_the_project(tmp_path):
+    """The official image has none of the project but the ConfigMap's files at the mount path: vLLM's
+    `--middleware` name must import from there alone (site-packages for Pillow, no editable finder, no checkout)."""
+    import sysconfig
+
+    docs = build("base")
+    container = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    python_path = next(e["value"] for e in container["env"] if e["name"] == "PYTHONPATH")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "guard")["mountPath"]
+    root = tmp_path / python_path.lstrip("/")
+    folder = tmp_path / mount.lstrip("/")
+    folder.mkdir(parents=True)
+    for name, text in by_kind(docs, "ConfigMap")["data"].items():
+        (folder / name).write_text(text)
+    (middleware,) = [a for a in container["args"] if a.endswith(".RequestGuard")]
+    module, _, name = middleware.rpartition(".")
+    code = f"import importlib, sys; m = importlib.import_module({module!r}); getattr(m, {name!r}); print(m.__file__)"
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": f"{root}:{sysconfig.get_paths()['purelib']}", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(folder / "guard.py")

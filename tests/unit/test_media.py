@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import BadInputError, encode_image, smart_resize
+from unifiedreward.clients import BadInputError, encode_image, smart_resize
 
 
 @pytest.mark.parametrize("h, w", [(512, 512), (1024, 1024), (768, 1360), (100, 3000), (33, 47), (4000, 3000),

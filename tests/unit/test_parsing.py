@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prompts import (FinalScoreVerdict, PairScoreVerdict, RankVerdict, ScoreVerdict, TASKS, VerdictError,
+from unifiedreward.prompts import (FinalScoreVerdict, PairScoreVerdict, RankVerdict, ScoreVerdict, TASKS, VerdictError,
                      get_task)
 
 

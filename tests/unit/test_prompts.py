@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompts import TASKS, FieldError, MediaError, UnknownTaskError, get_task
+from unifiedreward.prompts import TASKS, FieldError, MediaError, UnknownTaskError, get_task
 
 ALL_TASKS = (
     "image_gen.pair_rank", "image_gen.pair_score", "image_gen.point_score", "image_gen.point_score_acs",

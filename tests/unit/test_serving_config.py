@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from serving.config import ServeConfig, split_flags
-from serving.launcher import resolve_config
+from unifiedreward.serving.config import ServeConfig, split_flags
+from unifiedreward.serving.launcher import resolve_config
 from tests.helpers import vllm_parse
 
 
@@ -83,11 +83,11 @@ def test_a_bad_frontend_table_is_refused(tmp_path):
 
 
 def test_the_launchers_command_is_vllm_serve(tmp_path):
-    """`python -m serving.vllm_serve --api-servers-per-gpu N serve MODEL ...`: vLLM's serve subcommand, the model
+    """`python -m unifiedreward.serving.vllm_serve --api-servers-per-gpu N serve MODEL ...`: vLLM's serve subcommand, the model
     positional; the count is left to the server process (the launcher never imports vLLM), unless given."""
     config = ServeConfig.load()
     command = config.command(python="py")
-    assert command[:7] == ["py", "-m", "serving.vllm_serve", "--api-servers-per-gpu", str(config.api_servers_per_gpu),
+    assert command[:7] == ["py", "-m", "unifiedreward.serving.vllm_serve", "--api-servers-per-gpu", str(config.api_servers_per_gpu),
                            "serve", "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b"]
     assert "--model" not in command and "--api-server-count" not in command
     given = config.override(extra_args=["--api-server-count", "3"]).command(python="py")
@@ -128,16 +128,16 @@ def test_split_flags_rejects_a_stray_value():
 
 
 def test_dry_run_prints_the_vllm_command():
-    done = subprocess.run([sys.executable, "-m", "serving", "--dry-run", "--port", "8123", "-dp", "2"],
+    done = subprocess.run([sys.executable, "-m", "unifiedreward.serving", "--dry-run", "--port", "8123", "-dp", "2"],
                           capture_output=True, text=True, check=True)
     out = done.stdout
     assert "--api-server-count resolves to" in done.stderr  # what the server will start, read by vLLM's parser
-    assert "-m serving.vllm_serve --api-servers-per-gpu" in out and " serve CodeGoat24/UnifiedReward-2.0-qwen3vl-2b " in out
+    assert "-m unifiedreward.serving.vllm_serve --api-servers-per-gpu" in out and " serve CodeGoat24/UnifiedReward-2.0-qwen3vl-2b " in out
     assert "--served-model-name UnifiedReward" in out and "--port 8123" in out
 
 
 def test_launcher_exits_nonzero_with_a_clear_message_when_the_server_dies(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "serving", "--model", str(tmp_path / "no-such-model"),
+    proc = subprocess.run([sys.executable, "-m", "unifiedreward.serving", "--model", str(tmp_path / "no-such-model"),
                            "--port", "8124"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "the vLLM server exited with code" in proc.stderr
@@ -146,14 +146,14 @@ def test_launcher_exits_nonzero_with_a_clear_message_when_the_server_dies(tmp_pa
 
 # -- profiles and the API key ------------------------------------------------------------------------------
 
-from serving.launcher import MissingApiKeyError, masked, server_environment  # noqa: E402
+from unifiedreward.serving.launcher import MissingApiKeyError, masked, server_environment  # noqa: E402
 
 
 def test_shared_profile_merges_over_the_defaults_and_parses():
     config = ServeConfig.load(profiles=["shared"])
     parsed = vllm_parse(config.vllm_args())
     assert config.require_api_key and parsed.host == "0.0.0.0"
-    assert parsed.middleware == ["serving.guard.RequestGuard"]
+    assert parsed.middleware == ["unifiedreward.serving.guard.RequestGuard"]
     assert parsed.enable_log_requests is False and parsed.max_log_len == 0
     assert parsed.allowed_local_media_path in ("", None) and not parsed.allowed_media_domains
     assert parsed.limit_mm_per_prompt["image"] == 16  # the defaults are still there
@@ -196,16 +196,16 @@ def test_the_gpu_command_line_is_one_vllms_serve_parser_accepts(profiles):
     `serve` subcommand's own parser and validation, as the server process will."""
     import shlex
 
-    from serving.vllm_serve import parse
+    from unifiedreward.serving.vllm_serve import parse
 
-    argv = [sys.executable, "-m", "serving", "--dry-run", "--platform", "gpu", *(["--profile", profiles] if profiles else [])]
+    argv = [sys.executable, "-m", "unifiedreward.serving", "--dry-run", "--platform", "gpu", *(["--profile", profiles] if profiles else [])]
     done = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, "UNIFIEDREWARD_API_KEY": "k"})
     command = shlex.split(done.stdout.strip().splitlines()[-1])
     per_gpu = ServeConfig.load(platform="gpu").api_servers_per_gpu
-    assert command[1:5] == ["-m", "serving.vllm_serve", "--api-servers-per-gpu", str(per_gpu)] and command[5] == "serve"
+    assert command[1:5] == ["-m", "unifiedreward.serving.vllm_serve", "--api-servers-per-gpu", str(per_gpu)] and command[5] == "serve"
     parsed = parse(command[5:])
     assert parsed.model_tag == "CodeGoat24/UnifiedReward-2.0-qwen3vl-2b" and parsed.dtype == "bfloat16"
     gpus = 8 if "data-parallel" in profiles else 1
     assert f"--api-server-count resolves to {per_gpu * gpus} " in done.stderr
     if "shared" in profiles:
-        assert parsed.middleware == ["serving.guard.RequestGuard"]
+        assert parsed.middleware == ["unifiedreward.serving.guard.RequestGuard"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prompts import get_task
+from unifiedreward.prompts import get_task
 
 RECORDED = json.loads((Path(__file__).parents[1] / "data" / "recorded" / "tiny-logprobs.json").read_text())
 

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from clients import AsyncRewardClient, Completion, Item, RewardClient
-from clients._constants import ENCODE_AHEAD
+from unifiedreward.clients import AsyncRewardClient, Completion, Item, RewardClient
+from unifiedreward.clients._constants import ENCODE_AHEAD
 from tests.helpers import chat_reply
 
 URLS = ["data:image/png;base64,AA==", "data:image/png;base64,AB=="]

@@ -12,9 +12,9 @@ from typing import AsyncIterator, Callable
 import httpx
 import pytest
 
-from clients import AsyncRewardClient, InputRejectedError, RequestFailedError
-from clients._constants import RETRY_BACKOFF_MAX_S
-from clients._transport import retry_after_s
+from unifiedreward.clients import AsyncRewardClient, InputRejectedError, RequestFailedError
+from unifiedreward.clients._constants import RETRY_BACKOFF_MAX_S
+from unifiedreward.clients._transport import retry_after_s
 from testkit.faults import unreachable_listener
 from tests.helpers import chat_reply
 

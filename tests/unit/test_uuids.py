@@ -7,10 +7,10 @@ import json
 import httpx
 import pytest
 
-from clients import RewardClient
-from clients._uuids import SentMedia, image_part, media_uuid, sent_with_data
-from serving.guard import Refused, _check_uuid
-from serving.guard import media_uuid as guard_uuid
+from unifiedreward.clients import RewardClient
+from unifiedreward.clients._uuids import SentMedia, image_part, media_uuid, sent_with_data
+from unifiedreward.serving.guard import Refused, _check_uuid
+from unifiedreward.serving.guard import media_uuid as guard_uuid
 from tests.helpers import chat_reply
 
 A, B, C = ("data:image/png;base64," + x for x in ("AAAA", "BBBB", "CCCC"))
