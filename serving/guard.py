@@ -18,6 +18,13 @@ refuses, with an OpenAI-shaped 4xx error naming the problem:
 Requests without the right API key pass through untouched: vLLM's own authentication answers them with a
 401 before this guard spends anything on their body.
 
+Tenants (UNIFIEDREWARD_TENANTS_FILE, a TOML file; `--tenants` on the launcher): one endpoint for many training
+jobs. Each key names a tenant; the guard then does the authentication itself (vLLM is given no key), refuses an
+unknown key (401), sets the request's vLLM `priority` from the tenant's class (interactive before bulk; a caller
+cannot raise its own), holds each tenant to its share of `max_in_flight` (a request over it waits for a slot,
+then gets 429 with Retry-After), and counts per
+tenant on /metrics (labelled by the tenant's name, never by its key).
+
 Limits vLLM has flags for are read from vLLM's own parsed arguments (`app.state.args`), so each has one
 source. Self-contained on purpose (standard library and Pillow, both in the official vLLM image): the
 Kubernetes manifests mount this one file into that image (deploy/k8s).
@@ -27,14 +34,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import hashlib
 import io
 import json
 import logging
 import os
+import math
+import re
 import secrets
+import time
+import tomllib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -63,21 +76,157 @@ CHECKED_METHODS = {"POST", "PUT", "PATCH"}
 DEFAULT_POST_PATHS = "/v1/chat/completions,/v1/completions,/tokenize,/detokenize"
 # vLLM's authentication guards only these path prefixes; the guard refuses unauthenticated bodies elsewhere.
 AUTH_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
+# Tenants: a class is a vLLM priority (lower is scheduled earlier; --scheduling-policy priority), given to every
+# request of the tenant's keys. Training steps wait on their rewards; dataset jobs only need throughput.
+TENANT_CLASSES = {"interactive": 0, "bulk": 10}
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UNKNOWN_TENANT = "unknown"  # the label of refusals whose key names no tenant
+TENANT_KEYS = {"key", "key_file", "class", "max_in_flight"}
+# The routes whose requests carry vLLM's `priority` field.
+PRIORITY_PATHS = {"/v1/chat/completions", "/v1/completions"}
+# A request over its tenant's cap is held (not sent to the engine) until one of the tenant's requests ends, in
+# arrival order, for at most UNIFIEDREWARD_TENANT_HOLD_S seconds (below the client's 30-s stall timeout); then it
+# is refused with 429 and told to come back after RETRY_AFTER_S (the client honours Retry-After).
+DEFAULT_TENANT_HOLD_S = 10.0
+RETRY_AFTER_S = 1
+
+
+class _Slots:
+    """A tenant's share of the engine in this process: `cap` requests at once, the rest held in arrival order."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def held(self) -> int:
+        return sum(not w.done() for w in self.waiters)
+
+    async def take(self, hold_s: float) -> bool:
+        if not self.full:
+            self.used += 1
+            return True
+        if hold_s <= 0:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, hold_s)  # give_back hands its slot over (`used` unchanged)
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:  # the caller went away: a slot handed over in that instant goes on
+            if waiter.done() and not waiter.cancelled():
+                self.give_back()
+            raise
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.cap or self.held > 0
+
+    def give_back(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():  # timed out or cancelled ones are done: skipped
+                waiter.set_result(None)
+                return
+        self.used -= 1
+
+
+class TenantsError(ValueError):
+    """A tenants file that cannot be used: the message names the file, the tenant and the problem (never a key)."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One caller of a shared endpoint. `max_in_flight` is the whole server's; each API-server process holds
+    its share (`per_process_cap`)."""
+
+    name: str
+    tenant_class: str
+    max_in_flight: int
+    key_hash: bytes = field(repr=False)
+
+    @property
+    def priority(self) -> int:
+        return TENANT_CLASSES[self.tenant_class]
+
+    def per_process_cap(self, api_servers: int) -> int:
+        return max(1, math.ceil(self.max_in_flight / max(1, api_servers)))
+
+
+def load_tenants(path: str | os.PathLike) -> tuple[Tenant, ...]:
+    """Read and check a tenants file: `[tenants.NAME]` tables with `key` or `key_file` (relative to the file),
+    `class` ("interactive" or "bulk") and `max_in_flight` (a whole number >= 1)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TenantsError(f"cannot read the tenants file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TenantsError(f"the tenants file {path} is not valid TOML: {exc}") from None
+    tables = data.get("tenants")
+    if not isinstance(tables, dict) or not tables:
+        raise TenantsError(f"the tenants file {path} has no [tenants.NAME] tables")
+    tenants, seen = [], {}
+    for name, table in tables.items():
+        where = f"{path}: [tenants.{name}]"
+        if not TENANT_NAME.match(name) or name == UNKNOWN_TENANT:
+            raise TenantsError(f"{where}: a tenant's name is 1-64 letters, digits, '_', '.' or '-' (not "
+                               f"{UNKNOWN_TENANT!r}); it labels the tenant's figures on /metrics")
+        if not isinstance(table, dict):
+            raise TenantsError(f"{where} must be a table")
+        extra = sorted(set(table) - TENANT_KEYS)
+        if extra:
+            raise TenantsError(f"{where}: unknown setting(s) {', '.join(extra)} (allowed: "
+                               f"{', '.join(sorted(TENANT_KEYS))})")
+        if ("key" in table) == ("key_file" in table):
+            raise TenantsError(f"{where}: give exactly one of key or key_file")
+        if "key_file" in table:
+            key_path = (path.parent / str(table["key_file"])).resolve()
+            try:
+                key = key_path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise TenantsError(f"{where}: cannot read key_file {key_path}: {exc.strerror or exc}") from None
+        else:
+            key = table["key"].strip() if isinstance(table["key"], str) else ""
+        if len(key) < 16:
+            raise TenantsError(f"{where}: the key is empty or shorter than 16 characters")
+        tenant_class = table.get("class")
+        if tenant_class not in TENANT_CLASSES:
+            raise TenantsError(f"{where}: class must be one of {', '.join(map(repr, TENANT_CLASSES))}, not "
+                               f"{tenant_class!r}")
+        cap = table.get("max_in_flight")
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise TenantsError(f"{where}: max_in_flight must be a whole number >= 1, not {cap!r}")
+        digest = hashlib.sha256(key.encode()).digest()
+        if digest in seen:
+            raise TenantsError(f"{path}: tenants {seen[digest]!r} and {name!r} have the same key")
+        seen[digest] = name
+        tenants.append(Tenant(name, tenant_class, cap, digest))
+    return tuple(tenants)
 
 
 class Refused(Exception):
     """A request the guard refuses: HTTP status, OpenAI error type and a message naming the problem."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.param = param
+        self.retry_after = retry_after
 
     @property
     def error_type(self) -> str:
         return {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-                413: "RequestTooLargeError"}.get(
+                413: "RequestTooLargeError", 429: "RateLimitError"}.get(
             self.status, "BadRequestError")
+
+    @property
+    def reason(self) -> str:
+        """The refusal's kind, as /metrics counts it."""
+        return {401: "unknown_key", 404: "route_not_served", 413: "too_large", 429: "over_cap"}.get(
+            self.status, "bad_input")
 
     def body(self) -> bytes:
         error = {"message": str(self), "type": self.error_type, "param": self.param, "code": self.status}
@@ -102,12 +251,21 @@ class Limits:
     media_limits: tuple[tuple[str, int], ...] = ()
     allowed_domains: frozenset[str] = frozenset()
     key_hashes: tuple[bytes, ...] = ()
+    # With a tenants file: its tenants (the keys are theirs), and the API-server processes sharing each cap.
+    tenants: tuple[Tenant, ...] = ()
+    api_servers: int = 1
+    tenant_hold_s: float = DEFAULT_TENANT_HOLD_S
 
     @classmethod
     def from_env(cls, args: Any = None) -> "Limits":
         media = getattr(args, "limit_mm_per_prompt", None) or {}
         domains = getattr(args, "allowed_media_domains", None) or []
         keys = list(getattr(args, "api_key", None) or []) or [os.environ.get("VLLM_API_KEY", "")]
+        tenants_file = os.environ.get("UNIFIEDREWARD_TENANTS_FILE", "").strip()
+        tenants = load_tenants(tenants_file) if tenants_file else ()
+        if tenants and any(keys):
+            raise TenantsError("with a tenants file the tenants' keys are the only keys: give vLLM no --api-key "
+                               "and no VLLM_API_KEY")
         return cls(
             max_body_bytes=_env_int("UNIFIEDREWARD_MAX_BODY_BYTES", cls.max_body_bytes),
             max_image_pixels=_env_int("UNIFIEDREWARD_MAX_IMAGE_PIXELS", cls.max_image_pixels),
@@ -118,7 +276,22 @@ class Limits:
             media_limits=tuple((k, _item_limit(v)) for k, v in dict(media).items()),
             allowed_domains=frozenset(d.lower() for d in domains),
             key_hashes=tuple(hashlib.sha256(k.encode()).digest() for k in keys if k),
+            tenants=tenants,
+            tenant_hold_s=float(os.environ.get("UNIFIEDREWARD_TENANT_HOLD_S", "").strip() or DEFAULT_TENANT_HOLD_S),
+            api_servers=max(1, int(getattr(args, "api_server_count", None) or 1)),
         )
+
+    def tenant_for(self, headers: dict[bytes, bytes]) -> Tenant | None:
+        """The tenant whose key the request carries, or None."""
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        digest = hashlib.sha256(token.encode("latin-1")).digest()
+        found = None
+        for tenant in self.tenants:  # every key compared, in constant time each
+            if secrets.compare_digest(digest, tenant.key_hash):
+                found = tenant
+        return found
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         if not self.key_hashes:
@@ -141,18 +314,40 @@ class RequestGuard:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
         self._limits: Limits | None = None
+        self.slots: dict[str, _Slots] = {}  # per tenant, in this process
+        self.metrics: TenantMetrics | None = None
+        tenants_file = os.environ.get("UNIFIEDREWARD_TENANTS_FILE", "").strip()
+        if tenants_file:  # every tenant on /metrics from the start, at zero (the file is checked again on first use)
+            try:
+                self.metrics = TenantMetrics.shared([t.name for t in load_tenants(tenants_file)])
+            except TenantsError as exc:
+                log.error("%s", exc)
 
     def limits(self, scope: Scope) -> Limits:
         if self._limits is None:  # vLLM's arguments exist once the app is built: read them on first use
             app = scope.get("app")
             self._limits = Limits.from_env(getattr(getattr(app, "state", None), "args", None))
+            if self._limits.tenants:
+                self.metrics = self.metrics or TenantMetrics.shared([t.name for t in self._limits.tenants])
+                log.info("tenants: %s", ", ".join(
+                    f"{t.name} ({t.tenant_class}, priority {t.priority}, {t.per_process_cap(self._limits.api_servers)}"
+                    f" in flight per API server of {self._limits.api_servers})" for t in self._limits.tenants))
         return self._limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in CHECKED_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope.get("method") not in CHECKED_METHODS:
+            if self.limits(scope).tenants:
+                await self._tenant_call(scope, receive, send, self.limits(scope))
+            else:
+                await self.app(scope, receive, send)
+            return
         limits = self.limits(scope)
+        if limits.tenants:
+            await self._tenant_call(scope, receive, send, limits)
+            return
         headers = dict(scope.get("headers") or [])
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         if not limits.authorized(headers):
@@ -176,11 +371,192 @@ class RequestGuard:
             return
         await self.app(scope, _replay(body, receive), send)
 
+    async def _tenant_call(self, scope: Scope, receive: Receive, send: Send, limits: Limits) -> None:
+        """The tenants' path: this guard authenticates (vLLM has no key), caps, sets the priority, counts."""
+        headers = dict(scope.get("headers") or [])
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        method = scope.get("method")
+        tenant = limits.tenant_for(headers)
+        assert self.metrics is not None
+        if tenant is None:
+            if method in CHECKED_METHODS or path.startswith(AUTH_PREFIXES):
+                refused = Refused(401, "a valid API key is required (Authorization: Bearer ...): this key names "
+                                       "no tenant of this endpoint")
+                self._refuse_log(UNKNOWN_TENANT, method, path, refused)
+                await _respond(send, refused)
+            else:  # /health, /metrics, /ping ...: what vLLM serves without a key
+                await self.app(scope, receive, send)
+            return
+        if method not in CHECKED_METHODS:  # GET /v1/models and the like: authenticated, nothing to count
+            await self.app(scope, receive, send)
+            return
+        name, cap = tenant.name, tenant.per_process_cap(limits.api_servers)
+        slots = self.slots.setdefault(name, _Slots(cap))
+        if slots.full:
+            self.metrics.held.labels(name).inc()
+            try:
+                admitted = await slots.take(limits.tenant_hold_s)
+            finally:
+                self.metrics.held.labels(name).dec()
+        else:
+            admitted = await slots.take(0)
+        if not admitted:
+            refused = Refused(429, f"tenant {name!r} has {cap} requests in flight on this API server, its share of "
+                                   f"max_in_flight={tenant.max_in_flight}, and this one waited "
+                                   f"{limits.tenant_hold_s:g} s for a slot; retry after {RETRY_AFTER_S} s",
+                              retry_after=RETRY_AFTER_S)
+            self._refuse_log(name, method, path, refused)
+            await _respond(send, refused)
+            return
+        self.metrics.in_flight.labels(name).inc()
+        started = time.perf_counter()
+        answer = _AnswerReader(send)
+        try:
+            try:
+                if path.rstrip("/") not in limits.post_paths:
+                    raise Refused(404, f"{method} {path} is not served by this endpoint (served: "
+                                       f"{', '.join(sorted(limits.post_paths))})")
+                body = await _read_body(receive, headers, limits.max_body_bytes)
+                if len(body) > INLINE_CHECK_BYTES:
+                    request = await asyncio.to_thread(check_request, body, headers, limits)
+                else:
+                    request = check_request(body, headers, limits)
+            except Refused as refused:
+                self._refuse_log(name, method, path, refused)
+                await _respond(send, refused)
+                return
+            if request is not None and path.rstrip("/") in PRIORITY_PATHS:
+                body = with_priority(body, request, tenant.priority)
+                scope = {**scope, "headers": _with_length(scope.get("headers") or [], len(body))}
+            self.metrics.requests.labels(name).inc()
+            await self.app(scope, _replay(body, receive), answer.send)
+        finally:
+            slots.give_back()
+            self.metrics.in_flight.labels(name).dec()
+            if answer.status is not None:
+                self.metrics.answered(name, answer.status, answer.usage(), time.perf_counter() - started)
+
+    def _refuse_log(self, tenant: str, method: Any, path: str, refused: Refused) -> None:
+        """A line per refusal (tenant, reason, the problem), never the request's contents or its key."""
+        assert self.metrics is not None
+        self.metrics.refusals.labels(tenant, refused.reason).inc()
+        log.info("refused %s %s with %d for tenant %s (%s): %s", method, path, refused.status, tenant,
+                 refused.reason, refused)
+
+
+def with_priority(body: bytes, request: dict[str, Any], priority: int) -> bytes:
+    """The body with vLLM's `priority` set to the tenant's: spliced in after the opening brace (no re-encoding
+    of megabytes of base64), or, when the caller sent a priority of its own, the request re-encoded without it."""
+    if "priority" in request or not request:
+        return json.dumps({**request, "priority": priority}).encode()
+    start = body.index(b"{") + 1
+    return body[:start] + b'"priority":%d,' % priority + body[start:]
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    return [*kept, (b"content-length", str(length).encode())]
+
+
+class _AnswerReader:
+    """Passes the answer on untouched and notes its status and its `usage` (the last one seen: a plain
+    answer's body, or the final event of a stream that asked for include_usage)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self._json = bytearray()
+        self._streamed = False
+        self._usage: dict[str, Any] | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+            self._streamed = content_type.startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if self._streamed:
+                if b'"usage"' in chunk:
+                    self._scan_events(chunk)
+            elif len(self._json) < 1 << 20:
+                self._json += chunk
+        await self._send(message)
+
+    def _scan_events(self, chunk: bytes) -> None:
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data: {") and b'"usage"' in line:
+                try:
+                    usage = json.loads(line[6:]).get("usage")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(usage, dict):
+                    self._usage = usage
+
+    def usage(self) -> dict[str, Any]:
+        if not self._streamed and self._json:
+            try:
+                usage = json.loads(self._json).get("usage")
+                if isinstance(usage, dict):
+                    self._usage = usage
+            except (ValueError, AttributeError):
+                pass
+        return self._usage or {}
+
+
+class TenantMetrics:
+    """Per-tenant figures on vLLM's /metrics (prometheus_client, which vLLM serves; with several API-server
+    processes vLLM's multiprocess registry sums each process's files). Labelled by tenant name, never by key."""
+
+    _shared: "TenantMetrics | None" = None
+
+    def __init__(self, names: list[str]) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("unifiedreward_tenant_requests", "Requests a tenant sent to the engine",
+                                ["tenant"])
+        self.refusals = Counter("unifiedreward_tenant_refusals", "Requests the guard refused, by reason",
+                                ["tenant", "reason"])
+        self.answers = Counter("unifiedreward_tenant_answers", "Answers by HTTP status", ["tenant", "status"])
+        self.in_flight = Gauge("unifiedreward_tenant_in_flight", "Requests of a tenant in flight", ["tenant"],
+                               multiprocess_mode="livesum")
+        self.held = Gauge("unifiedreward_tenant_held", "Requests of a tenant held at its cap, waiting for a slot",
+                          ["tenant"], multiprocess_mode="livesum")
+        self.prompt_tokens = Counter("unifiedreward_tenant_prompt_tokens", "Prompt tokens of a tenant's answers",
+                                     ["tenant"])
+        self.completion_tokens = Counter("unifiedreward_tenant_completion_tokens",
+                                         "Completion tokens of a tenant's answers", ["tenant"])
+        self.latency = Histogram("unifiedreward_tenant_request_duration_seconds",
+                                 "Time from a tenant's request to the end of its answer", ["tenant"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        for name in names:  # every tenant shows, at zero, before its first request
+            for metric in (self.requests, self.prompt_tokens, self.completion_tokens, self.latency):
+                metric.labels(name)
+            self.in_flight.labels(name).set(0)
+            self.held.labels(name).set(0)
+
+    @classmethod
+    def shared(cls, names: list[str]) -> "TenantMetrics":
+        """One set per process (prometheus_client refuses a name twice in its registry)."""
+        if cls._shared is None:
+            cls._shared = cls(names)
+        return cls._shared
+
+    def answered(self, tenant: str, status: int, usage: dict[str, Any], seconds: float) -> None:
+        self.answers.labels(tenant, str(status)).inc()
+        self.latency.labels(tenant).observe(seconds)
+        for key, counter in (("prompt_tokens", self.prompt_tokens), ("completion_tokens", self.completion_tokens)):
+            value = usage.get(key)
+            if isinstance(value, int) and value > 0:
+                counter.labels(tenant).inc(value)
+
 
 async def _respond(send: Send, refused: Refused) -> None:
     body = refused.body()
-    await send({"type": "http.response.start", "status": refused.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if refused.retry_after is not None:
+        headers.append((b"retry-after", str(refused.retry_after).encode()))
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -218,11 +594,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def check_request(body: bytes, headers: dict[bytes, bytes], limits: Limits) -> None:
-    """Raise Refused for the first problem in a request body; return when it may go to vLLM."""
+def check_request(body: bytes, headers: dict[bytes, bytes], limits: Limits) -> dict[str, Any] | None:
+    """Raise Refused for the first problem in a request body; return the parsed request when it may go to
+    vLLM (None for a body that is not JSON, which vLLM answers itself)."""
     content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
     if content_type not in (b"application/json", b""):
-        return  # multipart uploads (audio transcription) are not this model's; vLLM answers them
+        return None  # multipart uploads (audio transcription) are not this model's; vLLM answers them
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -237,6 +614,7 @@ def check_request(body: bytes, headers: dict[bytes, bytes], limits: Limits) -> N
         _check_media_url(where, kind, url, limits)
         if uuid is not None:
             _check_uuid(where, url, uuid)
+    return request
 
 
 def _check_sampling(request: dict[str, Any], limits: Limits) -> None:

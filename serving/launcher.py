@@ -30,6 +30,7 @@ from .config import PLATFORMS, ServeConfig, available_profiles, detect_platform
 
 API_KEY_ENV = "UNIFIEDREWARD_API_KEY"
 API_KEY_FILE_ENV = "UNIFIEDREWARD_API_KEY_FILE"
+TENANTS_FILE_ENV = "UNIFIEDREWARD_TENANTS_FILE"  # the guard reads the same variable in each API server
 # vLLM reads its key from this variable when --api-key is not given: the key stays off the command line.
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
 SECRET_FLAGS = ("--api-key",)
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "or a path to a .toml file)")
     parser.add_argument("--api-key-file", type=Path,
                         help=f"file holding the API key (else ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
+    parser.add_argument("--tenants", type=Path, metavar="FILE",
+                        help=f"a tenants file (TOML, [tenants.NAME] tables: key or key_file, class interactive|bulk, "
+                             f"max_in_flight; else ${TENANTS_FILE_ENV}): one key per training job, its priority and "
+                             "its cap, enforced by the shared profile's guard; replaces the single API key")
     parser.add_argument("--model", help=f"model id or folder; '{TINY}' builds and serves the tiny test checkpoint")
     parser.add_argument("--host", help="address to bind (default from the config: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
@@ -87,7 +92,30 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class MissingApiKeyError(RuntimeError):
-    """A profile requires an API key and none was given."""
+    """A profile requires an API key and none was given (or a tenants file cannot be used)."""
+
+
+def read_tenants(config: ServeConfig, tenants_file: Path | None = None,
+                 environ: Mapping[str, str] = os.environ) -> tuple[Path | None, tuple]:
+    """The tenants file (--tenants, else $UNIFIEDREWARD_TENANTS_FILE), checked now: the guard reads it again
+    in every API-server process, and a bad file must stop the launch, not answer 500s."""
+    from .guard import TenantsError, load_tenants  # standard library only: no vLLM needed to check a file
+
+    name = tenants_file or environ.get(TENANTS_FILE_ENV)
+    if not name:
+        return None, ()
+    path = Path(name).resolve()
+    try:
+        tenants = load_tenants(path)
+    except TenantsError as exc:
+        raise MissingApiKeyError(str(exc)) from None
+    middleware = config.vllm.get("middleware") or []
+    if not any(m.endswith("guard.RequestGuard") for m in ([middleware] if isinstance(middleware, str) else middleware)):
+        raise MissingApiKeyError("tenants are enforced by the request guard: serve with --profile shared (or a "
+                                 "profile setting middleware = \"unifiedreward.serving.guard.RequestGuard\")")
+    if config.vllm.get("scheduling_policy") != "priority":
+        raise MissingApiKeyError("tenants need vLLM's --scheduling-policy priority (the shared profile sets it)")
+    return path, tenants
 
 
 def read_api_key(key_file: Path | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -107,11 +135,20 @@ def read_api_key(key_file: Path | None = None, environ: Mapping[str, str] = os.e
 
 
 def server_environment(config: ServeConfig, key_file: Path | None = None,
-                       environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The server's environment: the config's defaults, the caller's environment over them, the API key."""
+                       environ: Mapping[str, str] = os.environ, tenants_file: Path | None = None) -> dict[str, str]:
+    """The server's environment: the config's defaults, the caller's environment over them, the API key (or
+    the tenants file, whose keys the guard checks: vLLM then gets no key of its own)."""
     env = {**config.env, **environ}
     key = read_api_key(key_file, environ)
     on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
+    tenants_path, _ = read_tenants(config, tenants_file, environ)
+    if tenants_path is not None:
+        if key or on_command_line:
+            raise MissingApiKeyError("give either a tenants file or a single API key, not both (the tenants' keys "
+                                     f"are the endpoint's keys): unset ${API_KEY_ENV}, ${API_KEY_FILE_ENV}, "
+                                     f"${VLLM_API_KEY_ENV} and --api-key-file")
+        env[TENANTS_FILE_ENV] = str(tenants_path)
+        return env
     if config.require_api_key and not key and not on_command_line:
         raise MissingApiKeyError(
             f"profile {'+'.join(config.profiles)} requires an API key: set ${API_KEY_ENV}, or "
@@ -147,9 +184,9 @@ def _die_with_parent() -> None:
 
 
 def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None = None,
-        pin_engine_core: bool = True) -> int:
+        pin_engine_core: bool = True, tenants_file: Path | None = None) -> int:
     try:
-        env = server_environment(config, key_file)
+        env = server_environment(config, key_file, tenants_file=tenants_file)
     except MissingApiKeyError as exc:
         log.error("%s", exc)
         return 2
@@ -169,7 +206,8 @@ def run(config: ServeConfig, log_file: Path | None = None, key_file: Path | None
     command = config.command()
     if config.profiles:
         log.info("profiles: %s%s", ", ".join(config.profiles),
-                 "; API key required (given)" if config.require_api_key else "")
+                 f"; tenants from {env[TENANTS_FILE_ENV]}" if TENANTS_FILE_ENV in env and config.require_api_key
+                 else "; API key required (given)" if config.require_api_key else "")
     log.info("starting: %s", masked(command))
 
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -217,11 +255,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         try:
             key = read_api_key(args.api_key_file)
+            tenants_path, tenants = read_tenants(config, args.tenants)
         except MissingApiKeyError as exc:  # the real run would stop here too
             log.error("%s", exc)
             return 2
         on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
-        if not key and not on_command_line and config.host not in LOOPBACK_HOSTS:
+        if tenants and (key or on_command_line):
+            log.error("give either a tenants file or a single API key, not both (the tenants' keys are the "
+                      "endpoint's keys)")
+            return 2
+        if tenants:
+            log.info("tenants from %s: %s (their keys are the endpoint's keys; vLLM gets none)", tenants_path,
+                     ", ".join(f"{t.name} ({t.tenant_class}, max_in_flight {t.max_in_flight})" for t in tenants))
+        if not key and not tenants and not on_command_line and config.host not in LOOPBACK_HOSTS:
             log.warning("WARNING: this command serves on %s without an API key: anyone who can reach the port can "
                         "use it%s", config.host, " (the profile requires a key: the real run refuses to start "
                         "without one)" if config.require_api_key else "")
@@ -238,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("--api-server-count resolves to %s (%d per GPU of this node's engines)", count,
                      config.api_servers_per_gpu)
         return 0
-    return run(config, args.log_file, args.api_key_file, pin_engine_core=args.pin_engine_core)
+    return run(config, args.log_file, args.api_key_file, pin_engine_core=args.pin_engine_core,
+               tenants_file=args.tenants)
 
 
 if __name__ == "__main__":

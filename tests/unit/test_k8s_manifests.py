@@ -15,7 +15,7 @@ from tests.helpers import vllm_parse
 from tools import k8s_manifests as k8s
 
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests support (autoscaling/v2, policy/v1 are older)
-VARIANTS = {"base": ("shared",), "overlays/multi-gpu": ("shared", "data-parallel")}
+VARIANTS = {"base": ("shared",), "overlays/multi-gpu": ("shared", "data-parallel"), "overlays/tenants": ("shared",)}
 
 
 def build(variant: str) -> list[dict]:
@@ -66,7 +66,16 @@ def test_the_deployment_runs_the_official_image_with_the_serving_configs_flags(b
     env = {e["name"]: e for e in container["env"]}
     for name, value in config.env.items():
         assert env[name]["value"] == value
-    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "unifiedreward-api-key"
+    assert parsed.scheduling_policy == "priority"  # the tenants' priorities take effect (all 0 without them)
+    if variant == "overlays/tenants":  # the tenants' keys from their Secret replace the single key
+        assert "VLLM_API_KEY" not in env
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "tenants")
+        assert env["UNIFIEDREWARD_TENANTS_FILE"]["value"] == mount["mountPath"] + "/tenants.toml"
+        volume = next(v for v in by_kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                      if v["name"] == "tenants")
+        assert volume["secret"]["secretName"] == "unifiedreward-tenants"
+    else:
+        assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "unifiedreward-api-key"
     if "data-parallel" in VARIANTS[variant]:
         gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
         assert gpus == parsed.data_parallel_size * parsed.tensor_parallel_size
