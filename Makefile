@@ -43,11 +43,12 @@ docs: setup
 docs-serve: setup
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
 
-## side-by-side baselines, the front end's CPU per pair, a load sweep, the client's feed rate: results/{compare,frontend,load,feed}.*
+## side-by-side baselines, the front end's CPU per pair, routing over replicas, tenants, a load sweep, the client's feed rate: results/{compare,frontend,replicas,tenants,load,feed}.*
 bench: setup
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
 	$(PY) -m benchmarks.frontend
 	$(PY) -m benchmarks.replicas
+	$(PY) -m benchmarks.tenants
 	$(PY) -m benchmarks.load --serve-tiny --concurrency 1 8 32 64 --rate 1 2 --requests 32
 	$(PY) -m benchmarks.feed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,19 @@ _SMALL = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 _TWO_API = ["--api-server-count", "2", "--mm-processor-cache-gb", "1"]
 _SHARED = ["--model", "tiny", "--profile", "shared"]
 _KEY = {"UNIFIEDREWARD_API_KEY": API_KEY}
+# The shared server runs with tenants (their keys replace the single key there): the session's key is the
+# `trainer` tenant's (interactive), so every shared-profile test sends as a training job; `bulk` floods in the
+# priority test; `capped` has a cap of 4 (2 per API server) for the 429 test (requests over a cap are held
+# 1 s here, 10 s by default, before the 429). The second replica keeps the
+# single key, as a server without a tenants file runs.
+TENANT_KEYS = {"trainer": API_KEY, "bulk": "sk-bulk-" + secrets.token_urlsafe(16),
+               "capped": "sk-capped-" + secrets.token_urlsafe(16)}
+_TENANTS_FILE = Path(tempfile.mkdtemp(prefix="unifiedreward-tenants-")) / "tenants.toml"
+_TENANTS_FILE.write_text("".join(
+    f'[tenants.{name}]\nkey = "{key}"\nclass = "{tenant_class}"\nmax_in_flight = {cap}\n\n'
+    for name, key, tenant_class, cap in (("trainer", TENANT_KEYS["trainer"], "interactive", 1024),
+                                         ("bulk", TENANT_KEYS["bulk"], "bulk", 256),
+                                         ("capped", TENANT_KEYS["capped"], "bulk", 4))))
 # vLLM's CPU build binds each engine to core 0 unless told otherwise; two engines on one core can starve
 # each other for a minute. The replica-kill tests pair live+second and shared+second: shared gets core 1.
 _CORES = os.cpu_count() or 1
@@ -32,7 +46,8 @@ SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     # Dev mode: the benchmark smoke test resets the server's caches between timed runs (loopback only).
     "live_server": (["--model", "tiny", *_TWO_API],
                     {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_SERVER_DEV_MODE": "1"}),
-    "shared_server": ([*_SHARED, *_TWO_API], {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES)}),
+    "shared_server": ([*_SHARED, *_TWO_API, "--tenants", str(_TENANTS_FILE)],
+                      {**_SMALL, "VLLM_CPU_OMP_THREADS_BIND": str(1 % _CORES), "UNIFIEDREWARD_TENANT_HOLD_S": "1"}),
     "second_server": (_SHARED, {**_SMALL, **_KEY, "VLLM_CPU_OMP_THREADS_BIND": "0"}),
 }
 SERVER_FIXTURES = tuple(SERVERS)
@@ -105,6 +120,12 @@ def live_server() -> ServerProcess:
 @pytest.fixture(scope="session")
 def api_key() -> str:
     return API_KEY
+
+
+@pytest.fixture(scope="session")
+def tenant_keys() -> dict[str, str]:
+    """The shared server's tenants' keys by name (trainer: the session's key)."""
+    return dict(TENANT_KEYS)
 
 
 @pytest.fixture(scope="session")

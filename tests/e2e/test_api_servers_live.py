@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.processes import ServerProcesses
 from unifiedreward.prompts import get_task
 from testkit.bad_requests import chat, data_url, default_png, image_part, png_bytes
-from tests.helpers import picture
+from tests.helpers import metric_total, picture
 
 API_SERVERS = 2
 
@@ -97,15 +97,6 @@ def test_the_shared_profiles_key_and_guard_hold_in_every_api_server(shared_serve
     assert status == 200, body
 
 
-def _counter(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def test_metrics_add_up_both_api_servers(live_server):
     """vLLM's multiprocess Prometheus mode: request counters sum over the processes, the engine's gauges and
     prefix-cache counters are there once, the histograms too."""
@@ -113,12 +104,12 @@ def test_metrics_add_up_both_api_servers(live_server):
     owners = collections.Counter(_send(live_server, _good(2000 + 2 * k))[2] for k in range(16))
     assert len(owners) == API_SERVERS, owners
     after = requests.get(live_server.url + "/metrics", timeout=10).text
-    done = (_counter(after, "vllm:request_success_total", finished_reason="stop")
-            - _counter(before, "vllm:request_success_total", finished_reason="stop"))
+    done = (metric_total(after, "vllm:request_success_total", finished_reason="stop")
+            - metric_total(before, "vllm:request_success_total", finished_reason="stop"))
     assert done == 16, f"{done:g} successes counted for 16 requests over {dict(owners)}"
     families = {f.name for f in text_string_to_metric_families(after)}
     for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
                  "vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:generation_tokens",
                  "vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds", "vllm:request_success"):
         assert name in families, f"{name} missing from /metrics with {API_SERVERS} API servers"
-    assert (_counter(after, "vllm:prefix_cache_queries_total") > _counter(before, "vllm:prefix_cache_queries_total"))
+    assert (metric_total(after, "vllm:prefix_cache_queries_total") > metric_total(before, "vllm:prefix_cache_queries_total"))
