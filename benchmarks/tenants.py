@@ -10,6 +10,8 @@ first). On each server, first the trainer's groups alone (idle) and the bulk job
                                  bulk job running; *_vs_idle: against the same groups on the idle server
   bulk_pairs_per_s               the bulk job's answers per second while the trainer runs; _vs_solo: against the
                                  job alone on the same server
+  busy_while_both                CPU seconds per wall second of the API server(s) and of the engine while both
+                                 run, read from the OS: which process is the bound
 
     python -m benchmarks.tenants [--quick] [--groups N] [--interval S]        (make bench)
 
@@ -34,6 +36,7 @@ from unifiedreward.clients import AsyncRewardClient, Item
 from testkit.media import synthetic_image
 
 from .compare import machine
+from .processes import ServerProcesses
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,7 +131,11 @@ async def measure(url: str, keys: dict[str, str], pictures: Pictures, size: dict
     bulk_task = asyncio.create_task(bulk(url, keys["bulk"], pictures, size, stop))
     await asyncio.sleep(3.0)  # the flood is queued before the first group
     queued = waiting(url)
+    port = int(url.rstrip("/").removesuffix("/v1").rsplit(":", 1)[1])
+    processes = ServerProcesses.find(port)
+    cpu_before, wall_before = (processes.cpu_seconds() if processes else None), time.perf_counter()
     loaded = await trainer(url, keys["trainer"], pictures, size)
+    cpu_after, wall = (processes.cpu_seconds() if processes else None), time.perf_counter() - wall_before
     stop.set()
     both_done, both_s = await bulk_task
     log(f"both: groups p50 {statistics.median(loaded):.2f} s, bulk {both_done / both_s:.2f} pairs/s")
@@ -142,6 +149,10 @@ async def measure(url: str, keys: dict[str, str], pictures: Pictures, size: dict
         "bulk_throughput_vs_solo": (both_done / both_s) / (solo_done / solo_s),
         "trainer_walls_s": loaded, "trainer_idle_walls_s": idle,
         "waiting_when_trainer_started": queued,
+        # How busy each process was while both ran (CPU seconds per wall second, read from the OS): a process
+        # near 1.0 is a bound on this 2-core machine (the engine has core 0, the API server shares core 1).
+        "busy_while_both": None if not (cpu_before and cpu_after) else
+        {k: (cpu_after[k] - cpu_before[k]) / wall for k in ("api", "engine")},
         "trainer_share_of_solo": (size["groups"] * size["group"] * (size["group"] - 1) / 2)
                                  / (size["groups"] * size["interval"]) / (solo_done / solo_s),
     }
