@@ -283,10 +283,9 @@ class Limits:
 
     def tenant_for(self, headers: dict[bytes, bytes]) -> Tenant | None:
         """The tenant whose key the request carries, or None."""
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        digest = _bearer_digest(headers)
+        if digest is None:
             return None
-        digest = hashlib.sha256(token.encode("latin-1")).digest()
         found = None
         for tenant in self.tenants:  # every key compared, in constant time each
             if secrets.compare_digest(digest, tenant.key_hash):
@@ -296,11 +295,16 @@ class Limits:
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         if not self.key_hashes:
             return True
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        digest = hashlib.sha256(token.encode("latin-1")).digest()
-        return any(secrets.compare_digest(digest, known) for known in self.key_hashes)
+        digest = _bearer_digest(headers)
+        return digest is not None and any(secrets.compare_digest(digest, known) for known in self.key_hashes)
+
+
+def _bearer_digest(headers: dict[bytes, bytes]) -> bytes | None:
+    """The sha256 of the request's `Authorization: Bearer` token (keys are compared as digests), or None."""
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return hashlib.sha256(token.encode("latin-1")).digest()
 
 
 def _item_limit(value: Any) -> int:
@@ -338,15 +342,12 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope.get("method") not in CHECKED_METHODS:
-            if self.limits(scope).tenants:
-                await self._tenant_call(scope, receive, send, self.limits(scope))
-            else:
-                await self.app(scope, receive, send)
-            return
         limits = self.limits(scope)
         if limits.tenants:
             await self._tenant_call(scope, receive, send, limits)
+            return
+        if scope.get("method") not in CHECKED_METHODS:
+            await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         path = scope["path"].removeprefix(scope.get("root_path", ""))
@@ -357,14 +358,7 @@ class RequestGuard:
                 await _respond(send, Refused(401, "a valid API key is required (Authorization: Bearer ...)"))
             return
         try:
-            if path.rstrip("/") not in limits.post_paths:
-                raise Refused(404, f"{scope.get('method')} {path} is not served by this endpoint (served: "
-                                   f"{', '.join(sorted(limits.post_paths))})")
-            body = await _read_body(receive, headers, limits.max_body_bytes)
-            if len(body) > INLINE_CHECK_BYTES:  # parsing megabytes would stall every other request
-                await asyncio.to_thread(check_request, body, headers, limits)
-            else:
-                check_request(body, headers, limits)
+            body, _ = await _checked_body(scope, path, receive, headers, limits)
         except Refused as refused:
             log.info("refused %s %s with %d: %s", scope.get("method"), scope["path"], refused.status, refused)
             await _respond(send, refused)
@@ -413,14 +407,7 @@ class RequestGuard:
         answer = _AnswerReader(send)
         try:
             try:
-                if path.rstrip("/") not in limits.post_paths:
-                    raise Refused(404, f"{method} {path} is not served by this endpoint (served: "
-                                       f"{', '.join(sorted(limits.post_paths))})")
-                body = await _read_body(receive, headers, limits.max_body_bytes)
-                if len(body) > INLINE_CHECK_BYTES:
-                    request = await asyncio.to_thread(check_request, body, headers, limits)
-                else:
-                    request = check_request(body, headers, limits)
+                body, request = await _checked_body(scope, path, receive, headers, limits)
             except Refused as refused:
                 self._refuse_log(name, method, path, refused)
                 await _respond(send, refused)
@@ -549,6 +536,18 @@ class TenantMetrics:
             value = usage.get(key)
             if isinstance(value, int) and value > 0:
                 counter.labels(tenant).inc(value)
+
+
+async def _checked_body(scope: Scope, path: str, receive: Receive, headers: dict[bytes, bytes],
+                        limits: Limits) -> tuple[bytes, dict[str, Any] | None]:
+    """The request's body and its parsed JSON, once every check passed; Refused for the first that does not."""
+    if path.rstrip("/") not in limits.post_paths:
+        raise Refused(404, f"{scope.get('method')} {path} is not served by this endpoint (served: "
+                           f"{', '.join(sorted(limits.post_paths))})")
+    body = await _read_body(receive, headers, limits.max_body_bytes)
+    if len(body) > INLINE_CHECK_BYTES:  # parsing megabytes would stall every other request
+        return body, await asyncio.to_thread(check_request, body, headers, limits)
+    return body, check_request(body, headers, limits)
 
 
 async def _respond(send: Send, refused: Refused) -> None:
