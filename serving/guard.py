@@ -22,8 +22,9 @@ Tenants (UNIFIEDREWARD_TENANTS_FILE, a TOML file; `--tenants` on the launcher): 
 jobs. Each key names a tenant; the guard then does the authentication itself (vLLM is given no key), refuses an
 unknown key (401), sets the request's vLLM `priority` from the tenant's class (interactive before bulk; a caller
 cannot raise its own), holds each tenant to its share of `max_in_flight` (a request over it waits for a slot,
-then gets 429 with Retry-After), and counts per
-tenant on /metrics (labelled by the tenant's name, never by its key).
+then gets 429 with Retry-After), has a bulk tenant's new requests wait while interactive ones are in flight on
+any of the server's API servers (up to UNIFIEDREWARD_TENANT_YIELD_S), and counts per tenant on /metrics
+(labelled by the tenant's name, never by its key).
 
 Limits vLLM has flags for are read from vLLM's own parsed arguments (`app.state.args`), so each has one
 source. Self-contained on purpose (standard library and Pillow, both in the official vLLM image): the
@@ -38,11 +39,15 @@ import collections
 import hashlib
 import io
 import json
+import atexit
 import logging
-import os
 import math
+import mmap
+import os
 import re
 import secrets
+import struct
+import tempfile
 import time
 import tomllib
 import warnings
@@ -89,6 +94,14 @@ PRIORITY_PATHS = {"/v1/chat/completions", "/v1/completions"}
 # is refused with 429 and told to come back after RETRY_AFTER_S (the client honours Retry-After).
 DEFAULT_TENANT_HOLD_S = 10.0
 RETRY_AFTER_S = 1
+# A bulk request admitted while interactive requests are in flight anywhere on the server waits at the guard
+# until none is, for at most UNIFIEDREWARD_TENANT_YIELD_S seconds (0: never waits), then goes on (still behind
+# them in vLLM's priority queue). Priority alone orders only the engine's waiting queue: a bulk request that
+# reaches the engine while a trainer's requests are still in the API server (image processing, the chat
+# template) is scheduled first, and a running request keeps its place in every step. The bound keeps a steady
+# trickle of interactive requests from starving bulk jobs.
+DEFAULT_TENANT_YIELD_S = 2.0
+YIELD_POLL_S = 0.01
 
 
 class _Slots:
@@ -131,6 +144,124 @@ class _Slots:
                 waiter.set_result(None)
                 return
         self.used -= 1
+
+
+class InteractiveSignal:
+    """Interactive requests in flight on this server, for bulk requests to yield to. One API server: this
+    process's count. Several (vLLM's --api-server-count, each its own process and event loop): each process
+    publishes its own count in an 8-byte shared-memory file (one writer each) in a folder of the temporary
+    directory named after the parent process they share (vLLM's main process), and a reader adds up the
+    files of the live ones. A folder that cannot be used (not ours, not writable) leaves the count per
+    process, and says so in the log."""
+
+    RESCAN_S = 1.0
+
+    def __init__(self, api_servers: int, folder: Path | None = None) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._mine: mmap.mmap | None = None
+        self._others: dict[int, mmap.mmap] = {}
+        self._scanned = -math.inf
+        self.folder: Path | None = None
+        if api_servers > 1:
+            self._share(folder or Path(tempfile.gettempdir()) / f"unifiedreward-guard-{os.getppid()}")
+
+    def _share(self, folder: Path) -> None:
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if folder.stat().st_uid != os.getuid() or folder.is_symlink():
+                raise PermissionError(f"{folder} belongs to another user")
+            mine = folder / str(os.getpid())
+            fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.ftruncate(fd, 8)
+                self._mine = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("tenants: bulk requests yield to interactive ones of this API server only (cannot share "
+                        "the count with the other API servers in %s: %s)", folder, exc)
+            return
+        self.folder = folder
+        atexit.register(_unlink_quietly, mine, folder)
+
+    def begin(self) -> None:
+        self.count += 1
+        self._idle.clear()
+        self._publish()
+
+    def end(self) -> None:
+        self.count -= 1
+        self._publish()
+        if self.count == 0:
+            self._idle.set()
+
+    def _publish(self) -> None:
+        if self._mine is not None:
+            struct.pack_into("q", self._mine, 0, self.count)
+
+    def anywhere(self) -> bool:
+        """Whether an interactive request is in flight in this process or another API server of this server."""
+        if self.count > 0:
+            return True
+        if self.folder is None:
+            return False
+        now = time.monotonic()
+        if now - self._scanned > self.RESCAN_S:
+            self._rescan()
+            self._scanned = now
+        return any(struct.unpack_from("q", m, 0)[0] > 0 for m in self._others.values())
+
+    def _rescan(self) -> None:
+        assert self.folder is not None
+        alive: set[int] = set()
+        for entry in os.scandir(self.folder):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:  # a process of an earlier server with the same parent id
+                _unlink_quietly(Path(entry.path))
+                continue
+            except PermissionError:
+                continue
+            alive.add(pid)
+            if pid not in self._others:
+                try:
+                    with open(entry.path, "rb") as handle:
+                        self._others[pid] = mmap.mmap(handle.fileno(), 8, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):
+                    alive.discard(pid)
+        for pid in set(self._others) - alive:
+            self._others.pop(pid).close()
+
+    async def wait_idle(self, limit_s: float) -> float:
+        """Wait until no interactive request is in flight anywhere, or `limit_s`; the seconds waited."""
+        begun = time.monotonic()
+        while self.anywhere():
+            left = limit_s - (time.monotonic() - begun)
+            if left <= 0:
+                break
+            if self.count > 0:  # this process's own: woken the moment they end
+                try:
+                    await asyncio.wait_for(self._idle.wait(), left)
+                except TimeoutError:
+                    break
+            else:  # another process's: read again shortly
+                await asyncio.sleep(min(YIELD_POLL_S, left))
+        return time.monotonic() - begun
+
+
+def _unlink_quietly(path: Path, folder: Path | None = None) -> None:
+    """Remove a count's file (and the folder, once the last API server has gone)."""
+    try:
+        path.unlink()
+        if folder is not None:
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 class TenantsError(ValueError):
@@ -255,6 +386,7 @@ class Limits:
     tenants: tuple[Tenant, ...] = ()
     api_servers: int = 1
     tenant_hold_s: float = DEFAULT_TENANT_HOLD_S
+    tenant_yield_s: float = DEFAULT_TENANT_YIELD_S
 
     @classmethod
     def from_env(cls, args: Any = None) -> "Limits":
@@ -278,6 +410,7 @@ class Limits:
             key_hashes=tuple(hashlib.sha256(k.encode()).digest() for k in keys if k),
             tenants=tenants,
             tenant_hold_s=float(os.environ.get("UNIFIEDREWARD_TENANT_HOLD_S", "").strip() or DEFAULT_TENANT_HOLD_S),
+            tenant_yield_s=float(os.environ.get("UNIFIEDREWARD_TENANT_YIELD_S", "").strip() or DEFAULT_TENANT_YIELD_S),
             api_servers=max(1, int(getattr(args, "api_server_count", None) or 1)),
         )
 
@@ -320,6 +453,7 @@ class RequestGuard:
         self._limits: Limits | None = None
         self.slots: dict[str, _Slots] = {}  # per tenant, in this process
         self.metrics: TenantMetrics | None = None
+        self.interactive: InteractiveSignal | None = None  # made with the limits (it needs the API-server count)
         tenants_file = os.environ.get("UNIFIEDREWARD_TENANTS_FILE", "").strip()
         if tenants_file:  # every tenant on /metrics from the start, at zero (the file is checked again on first use)
             try:
@@ -333,6 +467,7 @@ class RequestGuard:
             self._limits = Limits.from_env(getattr(getattr(app, "state", None), "args", None))
             if self._limits.tenants:
                 self.metrics = self.metrics or TenantMetrics.shared([t.name for t in self._limits.tenants])
+                self.interactive = InteractiveSignal(self._limits.api_servers)
                 log.info("tenants: %s", ", ".join(
                     f"{t.name} ({t.tenant_class}, priority {t.priority}, {t.per_process_cap(self._limits.api_servers)}"
                     f" in flight per API server of {self._limits.api_servers})" for t in self._limits.tenants))
@@ -402,10 +537,23 @@ class RequestGuard:
             self._refuse_log(name, method, path, refused)
             await _respond(send, refused)
             return
-        self.metrics.in_flight.labels(name).inc()
         started = time.perf_counter()
         answer = _AnswerReader(send)
+        interactive, counted = tenant.tenant_class == "interactive", False
+        assert self.interactive is not None
         try:
+            if not interactive and limits.tenant_yield_s > 0 and self.interactive.anywhere():
+                self.metrics.held.labels(name).inc()
+                try:
+                    waited = await self.interactive.wait_idle(limits.tenant_yield_s)
+                finally:
+                    self.metrics.held.labels(name).dec()
+                self.metrics.yields.labels(name).inc()
+                self.metrics.yield_seconds.labels(name).inc(waited)
+            if interactive:
+                self.interactive.begin()
+            self.metrics.in_flight.labels(name).inc()
+            counted = True
             try:
                 body, request = await _checked_body(scope, path, receive, headers, limits)
             except Refused as refused:
@@ -419,7 +567,10 @@ class RequestGuard:
             await self.app(scope, _replay(body, receive), answer.send)
         finally:
             slots.give_back()
-            self.metrics.in_flight.labels(name).dec()
+            if counted:
+                if interactive:
+                    self.interactive.end()
+                self.metrics.in_flight.labels(name).dec()
             if answer.status is not None:
                 self.metrics.answered(name, answer.status, answer.usage(), time.perf_counter() - started)
 
@@ -507,8 +658,13 @@ class TenantMetrics:
         self.answers = Counter("unifiedreward_tenant_answers", "Answers by HTTP status", ["tenant", "status"])
         self.in_flight = Gauge("unifiedreward_tenant_in_flight", "Requests of a tenant in flight", ["tenant"],
                                multiprocess_mode="livesum")
-        self.held = Gauge("unifiedreward_tenant_held", "Requests of a tenant held at its cap, waiting for a slot",
+        self.held = Gauge("unifiedreward_tenant_held", "Requests of a tenant waiting at the guard (for a slot under "
+                          "its cap, or a bulk one for interactive requests to finish)",
                           ["tenant"], multiprocess_mode="livesum")
+        self.yields = Counter("unifiedreward_tenant_yields", "Requests of a bulk tenant that waited at the guard "
+                              "for interactive requests to finish", ["tenant"])
+        self.yield_seconds = Counter("unifiedreward_tenant_yield_seconds", "Seconds a bulk tenant's requests waited "
+                                     "at the guard for interactive requests to finish", ["tenant"])
         self.prompt_tokens = Counter("unifiedreward_tenant_prompt_tokens", "Prompt tokens of a tenant's answers",
                                      ["tenant"])
         self.completion_tokens = Counter("unifiedreward_tenant_completion_tokens",
@@ -517,7 +673,8 @@ class TenantMetrics:
                                  "Time from a tenant's request to the end of its answer", ["tenant"],
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         for name in names:  # every tenant shows, at zero, before its first request
-            for metric in (self.requests, self.prompt_tokens, self.completion_tokens, self.latency):
+            for metric in (self.requests, self.prompt_tokens, self.completion_tokens, self.latency, self.yields,
+                           self.yield_seconds):
                 metric.labels(name)
             self.in_flight.labels(name).set(0)
             self.held.labels(name).set(0)

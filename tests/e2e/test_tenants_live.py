@@ -128,3 +128,60 @@ def test_metrics_count_per_tenant_by_name_never_by_key_and_add_up_to_vllms_total
     assert delta("unifiedreward_tenant_prompt_tokens_total") == delta("vllm:prompt_tokens_total") > 0
     assert delta("unifiedreward_tenant_completion_tokens_total") == delta("vllm:generation_tokens_total") > 0
     assert delta("unifiedreward_tenant_in_flight") == 0
+
+
+def test_bulk_requests_on_every_api_server_wait_while_an_interactive_one_runs(shared_server, tenant_keys):
+    """The shared server runs two API-server processes, each with its own guard. While an interactive answer
+    streams, bulk requests sent on fresh connections (vLLM accepts each on its least-loaded API server: the
+    other one than the stream's, for the first) all wait at the guard: the interactive count is shared through
+    one shared-memory file per API server, in a folder named after their parent. Read from the server: the
+    folder holds exactly the API servers' files, and every bulk request counts one yield on /metrics."""
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.processes import ServerProcesses
+
+    port = int(shared_server.url.rsplit(":", 1)[1])
+    processes = ServerProcesses.find(port)
+    assert processes is not None
+    api = {p.pid for p in processes.api_servers()}
+    assert len(api) == 2 and processes.root.pid not in api  # two API-server processes under one supervisor
+    trainer = {"Authorization": f"Bearer {tenant_keys['trainer']}"}
+    bulk = {"Authorization": f"Bearer {tenant_keys['bulk']}"}
+    question = {"model": "UnifiedReward", "messages": [{"role": "user", "content": "Describe a red cat."}]}
+    before = scrape(shared_server)
+
+    async def main() -> tuple[list[int], bool]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async with http.stream("POST", shared_server.base_url + "/chat/completions", headers=trainer,
+                                   json={**question, "max_tokens": 600, "ignore_eos": True, "stream": True}) as stream:
+                lines = stream.aiter_lines()
+                await anext(lines)  # the interactive request is in the engine, decoding
+                async def rest() -> None:
+                    async for _ in lines:
+                        pass
+
+                drain = asyncio.create_task(rest())
+
+                async def one_bulk() -> int:
+                    async with httpx.AsyncClient(timeout=120) as fresh:  # a connection of its own
+                        answer = await fresh.post(shared_server.base_url + "/chat/completions", headers=bulk,
+                                                  json={**question, "max_tokens": 4})
+                        return answer.status_code
+
+                statuses = await asyncio.gather(*(one_bulk() for _ in range(6)))
+                streaming_still = not drain.done()
+                await drain
+        return list(statuses), streaming_still
+
+    statuses, streaming_still = asyncio.run(main())
+    after = scrape(shared_server)
+    assert statuses == [200] * 6
+    yields = (metric_total(after, "unifiedreward_tenant_yields_total", tenant="bulk")
+              - metric_total(before, "unifiedreward_tenant_yields_total", tenant="bulk"))
+    waited = (metric_total(after, "unifiedreward_tenant_yield_seconds_total", tenant="bulk")
+              - metric_total(before, "unifiedreward_tenant_yield_seconds_total", tenant="bulk"))
+    assert yields == 6 and waited > 0.5, (yields, waited, streaming_still)
+    assert metric_total(after, "unifiedreward_tenant_yields_total", tenant="trainer") == 0
+    folder = Path(tempfile.gettempdir()) / f"unifiedreward-guard-{processes.root.pid}"
+    assert {int(f.name) for f in folder.iterdir()} == api, sorted(folder.iterdir())

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
+import tempfile
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from unifiedreward.serving import guard as guard_module
-from unifiedreward.serving.guard import (Limits, RequestGuard, TenantMetrics, TenantsError, load_tenants,
+from unifiedreward.serving.guard import (InteractiveSignal, Limits, RequestGuard, TenantMetrics, TenantsError, load_tenants,
                                          with_priority)
 from testkit.bad_requests import default_png, good_request
 
@@ -103,27 +107,28 @@ class Holding:
         await send({"type": "http.response.body", "body": answer})
 
 
+async def one_request(guard: RequestGuard, key: str, body: bytes, method: str = "POST"):
+    """One request through the guard as two API servers' vLLM would pass it; (status, headers, body)."""
+    args = SimpleNamespace(limit_mm_per_prompt={}, allowed_media_domains=[], api_key=None, api_server_count=2)
+    sent, chunks = [], [body]
+
+    async def receive():
+        return {"type": "http.request", "body": chunks.pop(0) if chunks else b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+    scope = {"type": "http", "method": method, "path": "/v1/chat/completions" if method == "POST" else "/v1/models",
+             "headers": headers, "app": SimpleNamespace(state=SimpleNamespace(args=args))}
+    await guard(scope, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
 def run_requests(guard: RequestGuard, requests: list[tuple[str, str, bytes]], release_after: float = 0.05):
     """(method, key, body) each, at once; the inner app answers them after `release_after` s."""
-    args = SimpleNamespace(limit_mm_per_prompt={}, allowed_media_domains=[], api_key=None, api_server_count=2)
-
-    async def one(method: str, key: str, body: bytes):
-        sent, chunks = [], [body]
-
-        async def receive():
-            return {"type": "http.request", "body": chunks.pop(0) if chunks else b"", "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
-        scope = {"type": "http", "method": method, "path": "/v1/chat/completions" if method == "POST" else "/v1/models",
-                 "headers": headers, "app": SimpleNamespace(state=SimpleNamespace(args=args))}
-        await guard(scope, receive, send)
-        return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
-
     async def main():
-        tasks = [asyncio.create_task(one(*r)) for r in requests]
+        tasks = [asyncio.create_task(one_request(guard, key, body, method)) for method, key, body in requests]
         await asyncio.sleep(release_after)
         guard.app.release.set()
         return await asyncio.gather(*tasks)
@@ -132,7 +137,8 @@ def run_requests(guard: RequestGuard, requests: list[tuple[str, str, bytes]], re
 
 
 @pytest.fixture
-def guard(two, monkeypatch):
+def guard(two, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the API servers' shared folder, this test's own
     monkeypatch.setenv("UNIFIEDREWARD_TENANTS_FILE", str(two))
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     monkeypatch.setattr(TenantMetrics, "_shared", FakeMetrics())
@@ -166,7 +172,8 @@ class FakeMetrics(TenantMetrics):
     the live test reads the real one from /metrics)."""
 
     def __init__(self):
-        for name in ("requests", "refusals", "answers", "in_flight", "held", "prompt_tokens", "completion_tokens", "latency"):
+        for name in ("requests", "refusals", "answers", "in_flight", "held", "prompt_tokens", "completion_tokens", "latency",
+                     "yields", "yield_seconds"):
             setattr(self, name, FakeCounter())
 
 
@@ -211,6 +218,103 @@ def test_a_tenant_over_its_share_gets_429_with_retry_after_and_the_others_do_not
     assert "tenant bulk (over_cap)" in caplog.text and BULK_KEY not in caplog.text
     # Once answered, the slots are free again.
     assert [a[0] for a in run_requests(guard, [("POST", BULK_KEY, body)] * 2)] == [200, 200]
+
+
+def test_a_bulk_request_waits_at_the_guard_while_an_interactive_one_is_in_flight(guard):
+    """The trainer's request reaches the engine first and the bulk ones only once it has ended, though the bulk
+    ones came while it ran: what vLLM's priority cannot do for a request not yet in its queue."""
+    body = good_request(default_png())
+    order = []
+    holding = guard.app
+
+    async def noting(scope, receive, send):
+        who = "trainer" if TRAINER_KEY.encode() in dict(scope["headers"])[b"authorization"] else "bulk"
+        order.append(("in", who))
+        await holding(scope, receive, send)
+        order.append(("out", who))
+
+    guard.app = noting
+
+    async def main():
+        trainer = asyncio.create_task(one_request(guard, TRAINER_KEY, body))
+        await asyncio.sleep(0.05)  # the trainer's request is in the engine (held there until released)
+        bulk = [asyncio.create_task(one_request(guard, BULK_KEY, body)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        assert order == [("in", "trainer")]  # the bulk ones wait at the guard, not in the engine
+        holding.release.set()
+        return await trainer, await asyncio.gather(*bulk)
+
+    (trainer_status, _, _), bulk = asyncio.run(main())
+    assert trainer_status == 200 and [b[0] for b in bulk] == [200, 200]
+    assert order[:2] == [("in", "trainer"), ("out", "trainer")] and {o[1] for o in order[2:]} == {"bulk"}
+    assert guard.metrics.yields.values == {("bulk",): 2} and guard.metrics.yield_seconds.values[("bulk",)] > 0
+
+
+def test_a_bulk_request_waits_at_most_the_yield_bound_then_goes_on(guard, monkeypatch):
+    monkeypatch.setenv("UNIFIEDREWARD_TENANT_YIELD_S", "0.2")
+    body = good_request(default_png())
+    answers = run_requests(guard, [("POST", TRAINER_KEY, body), ("POST", BULK_KEY, body)], release_after=2.0)
+    assert [a[0] for a in answers] == [200, 200]
+    # The bulk request went on after 0.2 s (it reached the app while the trainer's still ran), not after 2 s.
+    assert len(guard.app.bodies) == 2 and guard.metrics.yields.values == {("bulk",): 1}
+    assert 0.15 < guard.metrics.yield_seconds.values[("bulk",)] < 1.0
+
+
+def _interactive_elsewhere(folder: str, started, stop) -> None:
+    signal = InteractiveSignal(2, folder=__import__("pathlib").Path(folder))
+    signal.begin()
+    started.set()
+    stop.wait(30)
+    signal.end()
+    started.clear()
+    stop.clear()
+    stop.wait(30)
+
+
+def test_the_interactive_count_is_shared_by_the_api_server_processes_and_a_dead_ones_file_is_ignored(tmp_path):
+    """With --api-server-count N each API server is its own process: a bulk request in one yields to an
+    interactive request in another, read from the other's shared-memory count."""
+    context = multiprocessing.get_context("spawn")
+    started, stop = context.Event(), context.Event()
+    other = context.Process(target=_interactive_elsewhere, args=(str(tmp_path), started, stop))
+    other.start()
+    try:
+        assert started.wait(60)
+        here = InteractiveSignal(2, folder=tmp_path)
+        assert here.folder == tmp_path and here.count == 0
+        assert here.anywhere()  # the other process's request
+        waited = asyncio.run(here.wait_idle(0.1))
+        assert 0.1 <= waited < 1.0
+        stop.set()
+        deadline = time.monotonic() + 10
+        while started.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not started.is_set() and not here.anywhere()  # ended there: read at once, no rescan needed
+    finally:
+        stop.set()
+        other.join(30)
+    # A file left by a process that is gone (an earlier server whose parent had the same id) counts for nothing.
+    dead = context.Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    (tmp_path / str(dead.pid)).write_bytes((5).to_bytes(8, "little"))
+    later = InteractiveSignal(2, folder=tmp_path)
+    assert not later.anywhere() and not (tmp_path / str(dead.pid)).exists()
+
+
+def test_with_one_api_server_the_count_stays_in_the_process_and_an_unusable_folder_is_said(tmp_path, caplog,
+                                                                                              monkeypatch):
+    assert InteractiveSignal(1, folder=tmp_path).folder is None and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(guard_module, "log", logging.getLogger("test.guard"))
+    caplog.set_level(logging.WARNING, logger="test.guard")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    signal = InteractiveSignal(2, folder=blocked)
+    assert signal.folder is None and "this API server only" in caplog.text
+    signal.begin()
+    assert signal.anywhere()
+    signal.end()
+    assert not signal.anywhere()
 
 
 def test_tenants_and_a_single_key_cannot_both_be_given(two, monkeypatch):
