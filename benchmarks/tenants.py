@@ -4,7 +4,8 @@ A bulk job floods the server at concurrency 64 (image_gen.pair_rank on pairs of 
 a trainer sends a GRPO group of 8 (`rank_group`, 28 pairs) every `--interval` seconds. Measured on one tiny
 server in the `shared` profile, twice: without a tenants file (today: one key, first come first served) and with
 one (the trainer's key `interactive`, the job's `bulk`: vLLM's priority scheduling puts the trainer's requests
-first). On each server, first the trainer's groups alone (idle) and the bulk job alone (solo), then both.
+first in the engine's queue, and the guard has the job's new requests wait while the trainer's are in flight).
+On each server, first the trainer's groups alone (idle) and the bulk job alone (solo), then both.
 
   trainer_p50_s, trainer_p99_s   the group's wall time (request of its first pair to its last answer) with the
                                  bulk job running; *_vs_idle: against the same groups on the idle server
@@ -12,6 +13,8 @@ first). On each server, first the trainer's groups alone (idle) and the bulk job
                                  job alone on the same server
   busy_while_both                CPU seconds per wall second of the API server(s) and of the engine while both
                                  run, read from the OS: which process is the bound
+  bulk_yields, bulk_yield_s      the job's requests that waited at the guard for the trainer's, and how long in
+                                 all (the server's /metrics, while both run; 0 without tenants)
 
     python -m benchmarks.tenants [--quick] [--groups N] [--interval S]        (make bench)
 
@@ -41,7 +44,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 TASK = "image_gen.pair_rank"
-SIZES = {"full": dict(groups=8, group=8, interval=8.0, bulk_concurrency=64, bulk_cap=8, solo_s=40.0, image=512),
+# The bulk tenant's cap: 4 requests in the engine keep this CPU engine as busy as 8 did (solo 12.6 and 12.4
+# pairs/s in one session), and each one more is work a trainer's request may find running ahead of it.
+SIZES = {"full": dict(groups=8, group=8, interval=8.0, bulk_concurrency=64, bulk_cap=4, solo_s=40.0, image=512),
          "quick": dict(groups=2, group=4, interval=3.0, bulk_concurrency=16, bulk_cap=4, solo_s=8.0, image=384)}
 TARGETS = {"on.trainer_p99_vs_idle": ("<=", 1.5), "on.bulk_throughput_vs_solo": (">=", 0.8)}
 
@@ -74,11 +79,16 @@ class Pictures:
         return urls
 
 
-def waiting(url: str) -> float:
-    """Requests in the engine's waiting queue now (vllm:num_requests_waiting)."""
+def metric(url: str, name: str, **labels: str) -> float:
+    """A sample of the server's /metrics, summed over its label sets (those matching `labels`)."""
     text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "vllm:num_requests_waiting")
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def waiting(url: str) -> float:
+    """Requests in the engine's waiting queue now (vllm:num_requests_waiting)."""
+    return metric(url, "vllm:num_requests_waiting")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,9 +143,12 @@ async def measure(url: str, keys: dict[str, str], pictures: Pictures, size: dict
     queued = waiting(url)
     port = int(url.rstrip("/").removesuffix("/v1").rsplit(":", 1)[1])
     processes = ServerProcesses.find(port)
+    yields = [metric(url, f"unifiedreward_tenant_yield{s}_total", tenant="bulk") for s in ("s", "_seconds")]
     cpu_before, wall_before = (processes.cpu_seconds() if processes else None), time.perf_counter()
     loaded = await trainer(url, keys["trainer"], pictures, size)
     cpu_after, wall = (processes.cpu_seconds() if processes else None), time.perf_counter() - wall_before
+    yields = [metric(url, f"unifiedreward_tenant_yield{s}_total", tenant="bulk") - before
+              for s, before in zip(("s", "_seconds"), yields)]
     stop.set()
     both_done, both_s = await bulk_task
     log(f"both: groups p50 {statistics.median(loaded):.2f} s, bulk {both_done / both_s:.2f} pairs/s")
@@ -149,6 +162,7 @@ async def measure(url: str, keys: dict[str, str], pictures: Pictures, size: dict
         "bulk_throughput_vs_solo": (both_done / both_s) / (solo_done / solo_s),
         "trainer_walls_s": loaded, "trainer_idle_walls_s": idle,
         "waiting_when_trainer_started": queued,
+        "bulk_yields": yields[0], "bulk_yield_s": yields[1],
         # How busy each process was while both ran (CPU seconds per wall second, read from the OS): a process
         # near 1.0 is a bound on this 2-core machine (the engine has core 0, the API server shares core 1).
         "busy_while_both": None if not (cpu_before and cpu_after) else
@@ -163,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
     parser.add_argument("--groups", type=int, help="trainer groups per phase (default 8)")
     parser.add_argument("--interval", type=float, help="seconds between the trainer's groups (default 8)")
-    parser.add_argument("--bulk-cap", type=int, help="the bulk tenant's max_in_flight (default 8): what it may hold "
+    parser.add_argument("--bulk-cap", type=int, help="the bulk tenant's max_in_flight (default 4): what it may hold "
                                                        "of the engine; its other requests wait at the guard")
     parser.add_argument("--out", type=Path, default=Path("results/tenants.json"))
     args = parser.parse_args(argv)
