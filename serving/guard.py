@@ -149,10 +149,12 @@ class _Slots:
 class InteractiveSignal:
     """Interactive requests in flight on this server, for bulk requests to yield to. One API server: this
     process's count. Several (vLLM's --api-server-count, each its own process and event loop): each process
-    publishes its own count in an 8-byte shared-memory file (one writer each) in a folder of the temporary
-    directory named after the parent process they share (vLLM's main process), and a reader adds up the
-    files of the live ones. A folder that cannot be used (not ours, not writable) leaves the count per
-    process, and says so in the log."""
+    publishes its own count in an 8-byte shared-memory file (one writer each) in a folder the server's API
+    servers share, and a reader adds up the files of the live ones. The folder: `unifiedreward-guard` in
+    vLLM's $PROMETHEUS_MULTIPROC_DIR, which vLLM makes for this server's API servers alone and removes when it
+    stops (the API servers end without running exit handlers); else one in the temporary directory named after
+    their parent process. A folder that cannot be used (not ours, not writable) leaves the count per process,
+    and says so in the log."""
 
     RESCAN_S = 1.0
 
@@ -165,7 +167,7 @@ class InteractiveSignal:
         self._scanned = -math.inf
         self.folder: Path | None = None
         if api_servers > 1:
-            self._share(folder or Path(tempfile.gettempdir()) / f"unifiedreward-guard-{os.getppid()}")
+            self._share(folder or shared_folder())
 
     def _share(self, folder: Path) -> None:
         try:
@@ -252,6 +254,14 @@ class InteractiveSignal:
             else:  # another process's: read again shortly
                 await asyncio.sleep(min(YIELD_POLL_S, left))
         return time.monotonic() - begun
+
+
+def shared_folder() -> Path:
+    """Where the API servers of this server keep their interactive counts."""
+    metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if metrics:
+        return Path(metrics) / "unifiedreward-guard"
+    return Path(tempfile.gettempdir()) / f"unifiedreward-guard-{os.getppid()}"
 
 
 def _unlink_quietly(path: Path, folder: Path | None = None) -> None:

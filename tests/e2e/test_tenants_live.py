@@ -134,9 +134,8 @@ def test_bulk_requests_on_every_api_server_wait_while_an_interactive_one_runs(sh
     """The shared server runs two API-server processes, each with its own guard. While an interactive answer
     streams, bulk requests sent on fresh connections (vLLM accepts each on its least-loaded API server: the
     other one than the stream's, for the first) all wait at the guard: the interactive count is shared through
-    one shared-memory file per API server, in a folder named after their parent. Read from the server: the
+    one shared-memory file per API server, in vLLM's metrics folder for them. Read from the server: the
     folder holds exactly the API servers' files, and every bulk request counts one yield on /metrics."""
-    import tempfile
     from pathlib import Path
 
     from benchmarks.processes import ServerProcesses
@@ -183,5 +182,10 @@ def test_bulk_requests_on_every_api_server_wait_while_an_interactive_one_runs(sh
               - metric_total(before, "unifiedreward_tenant_yield_seconds_total", tenant="bulk"))
     assert yields == 6 and waited > 0.5, (yields, waited, streaming_still)
     assert metric_total(after, "unifiedreward_tenant_yields_total", tenant="trainer") == 0
-    folder = Path(tempfile.gettempdir()) / f"unifiedreward-guard-{processes.root.pid}"
+    # Each API server maps its own count's file (process titles overwrite /proc/<pid>/environ: read the maps).
+    own = {p.pid: [m.path for m in p.memory_maps() if m.path.endswith(f"/unifiedreward-guard/{p.pid}")]
+           for p in processes.api_servers()}
+    assert all(own.values()), own
+    folder = Path(next(iter(own.values()))[0]).parent
     assert {int(f.name) for f in folder.iterdir()} == api, sorted(folder.iterdir())
+    assert any(folder.parent.glob("counter_*.db"))  # vLLM's metrics folder for its API servers, removed with it

@@ -139,6 +139,7 @@ def run_requests(guard: RequestGuard, requests: list[tuple[str, str, bytes]], re
 @pytest.fixture
 def guard(two, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the API servers' shared folder, this test's own
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("UNIFIEDREWARD_TENANTS_FILE", str(two))
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     monkeypatch.setattr(TenantMetrics, "_shared", FakeMetrics())
@@ -300,6 +301,16 @@ def test_the_interactive_count_is_shared_by_the_api_server_processes_and_a_dead_
     (tmp_path / str(dead.pid)).write_bytes((5).to_bytes(8, "little"))
     later = InteractiveSignal(2, folder=tmp_path)
     assert not later.anywhere() and not (tmp_path / str(dead.pid)).exists()
+
+
+def test_the_folder_is_vllms_metrics_folder_when_there_is_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # vLLM's, made for this server, removed after it
+    assert guard_module.shared_folder() == tmp_path / "unifiedreward-guard"
+    assert InteractiveSignal(2).folder == tmp_path / "unifiedreward-guard"
+    assert [f.name for f in (tmp_path / "unifiedreward-guard").iterdir()] == [str(os.getpid())]
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert guard_module.shared_folder() == tmp_path / f"unifiedreward-guard-{os.getppid()}"
 
 
 def test_with_one_api_server_the_count_stays_in_the_process_and_an_unusable_folder_is_said(tmp_path, caplog,
