@@ -28,6 +28,12 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def sample_total(text: str, name: str, **labels: str) -> float:
+    """A /metrics sample summed over its label sets (those matching `labels`): API processes, engines, tenants."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
 def scrape(server_url: str, api_key: str | None = None) -> dict[str, float]:
     """`parse_metrics` of the server's /metrics now (`server_url` without the /v1 suffix)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None

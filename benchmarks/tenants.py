@@ -39,9 +39,9 @@ from unifiedreward.clients import AsyncRewardClient, Item
 from testkit.media import synthetic_image
 
 from .compare import machine
+from .metrics import sample_total
 from .processes import ServerProcesses
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 TASK = "image_gen.pair_rank"
 # The bulk tenant's cap: 4 requests in the engine keep this CPU engine as busy as 8 did (solo 12.6 and 12.4
@@ -80,10 +80,8 @@ class Pictures:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    """A sample of the server's /metrics, summed over its label sets (those matching `labels`)."""
-    text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    """A sample of the server's /metrics now, summed over its label sets (those matching `labels`)."""
+    return sample_total(httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text, name, **labels)
 
 
 def waiting(url: str) -> float:

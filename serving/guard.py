@@ -33,13 +33,13 @@ Kubernetes manifests mount this one file into that image (deploy/k8s).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import collections
 import hashlib
 import io
 import json
-import atexit
 import logging
 import math
 import mmap

@@ -92,7 +92,19 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class MissingApiKeyError(RuntimeError):
-    """A profile requires an API key and none was given (or a tenants file cannot be used)."""
+    """A profile requires an API key and none was given, or the keys given cannot be used."""
+
+
+class TenantsFileError(MissingApiKeyError):
+    """A tenants file that cannot be used (its keys are the endpoint's keys), or one given beside a single key."""
+
+
+def check_one_kind_of_key(tenants: bool, single_key: bool) -> None:
+    """A tenants file replaces the single key: both at once is refused."""
+    if tenants and single_key:
+        raise TenantsFileError(f"give either a tenants file or a single API key, not both (the tenants' keys are the "
+                               f"endpoint's keys): unset ${API_KEY_ENV}, ${API_KEY_FILE_ENV}, ${VLLM_API_KEY_ENV} "
+                               f"and --api-key-file")
 
 
 def read_tenants(config: ServeConfig, tenants_file: Path | None = None,
@@ -108,13 +120,13 @@ def read_tenants(config: ServeConfig, tenants_file: Path | None = None,
     try:
         tenants = load_tenants(path)
     except TenantsError as exc:
-        raise MissingApiKeyError(str(exc)) from None
+        raise TenantsFileError(str(exc)) from None
     middleware = config.vllm.get("middleware") or []
     if not any(m.endswith("guard.RequestGuard") for m in ([middleware] if isinstance(middleware, str) else middleware)):
-        raise MissingApiKeyError("tenants are enforced by the request guard: serve with --profile shared (or a "
+        raise TenantsFileError("tenants are enforced by the request guard: serve with --profile shared (or a "
                                  "profile setting middleware = \"unifiedreward.serving.guard.RequestGuard\")")
     if config.vllm.get("scheduling_policy") != "priority":
-        raise MissingApiKeyError("tenants need vLLM's --scheduling-policy priority (the shared profile sets it)")
+        raise TenantsFileError("tenants need vLLM's --scheduling-policy priority (the shared profile sets it)")
     return path, tenants
 
 
@@ -143,10 +155,7 @@ def server_environment(config: ServeConfig, key_file: Path | None = None,
     on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
     tenants_path, _ = read_tenants(config, tenants_file, environ)
     if tenants_path is not None:
-        if key or on_command_line:
-            raise MissingApiKeyError("give either a tenants file or a single API key, not both (the tenants' keys "
-                                     f"are the endpoint's keys): unset ${API_KEY_ENV}, ${API_KEY_FILE_ENV}, "
-                                     f"${VLLM_API_KEY_ENV} and --api-key-file")
+        check_one_kind_of_key(True, bool(key or on_command_line))
         env[TENANTS_FILE_ENV] = str(tenants_path)
         return env
     if config.require_api_key and not key and not on_command_line:
@@ -256,13 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             key = read_api_key(args.api_key_file)
             tenants_path, tenants = read_tenants(config, args.tenants)
+            on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
+            check_one_kind_of_key(bool(tenants), bool(key or on_command_line))
         except MissingApiKeyError as exc:  # the real run would stop here too
             log.error("%s", exc)
-            return 2
-        on_command_line = any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in config.extra_args)
-        if tenants and (key or on_command_line):
-            log.error("give either a tenants file or a single API key, not both (the tenants' keys are the "
-                      "endpoint's keys)")
             return 2
         if tenants:
             log.info("tenants from %s: %s (their keys are the endpoint's keys; vLLM gets none)", tenants_path,

@@ -75,11 +75,6 @@ def chat_reply(request, completion: dict, status: int = 200):
 
 def metric_total(text: str, name: str, **labels: str) -> float:
     """A /metrics sample summed over its label sets (those matching `labels`): API processes, engines, tenants."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from benchmarks.metrics import sample_total
 
-    found = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                found += sample.value
-    return found
+    return sample_total(text, name, **labels)
